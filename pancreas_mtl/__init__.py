@@ -1,0 +1,1 @@
+"""Multi-task pancreas CT segmentation and lesion subtyping on nnU-Net v2."""
