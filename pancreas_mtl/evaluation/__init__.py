@@ -1,0 +1,1 @@
+"""Metrics and report plots of the validation predictions."""

@@ -1,0 +1,32 @@
+"""Send a step's output, including nnU-Net's prints and its worker processes, to one log file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+
+def log_to_file(path: str | os.PathLike) -> None:
+    """Point stdout and stderr (file descriptors 1 and 2) at `path` and set up logging."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def set_nnunet_paths(raw: str, preprocessed: str, results: str) -> None:
+    """nnU-Net reads its folders from environment variables; set them to absolute paths."""
+    os.environ["nnUNet_raw"] = os.path.abspath(raw)
+    os.environ["nnUNet_preprocessed"] = os.path.abspath(preprocessed)
+    os.environ["nnUNet_results"] = os.path.abspath(results)

@@ -1,0 +1,260 @@
+"""Classification heads that read the shared nnU-Net encoder.
+
+Every head works in two steps so that a case can be classified from many tiles:
+`pool` turns one tile into additive evidence (weighted feature sums and weight totals), and
+`classify` turns evidence summed over tiles, mirrors and folds into logits. Summing evidence
+before dividing gives exactly the pooling over the whole volume, whatever the tiling.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Evidence = dict[str, torch.Tensor]
+
+NUM_SUBTYPES = 3
+
+
+def add_evidence(a: Evidence | None, b: Evidence) -> Evidence:
+    """Sum two evidence dicts (None is the empty evidence)."""
+    if a is None:
+        return {k: v.clone() for k, v in b.items()}
+    return {k: a[k] + b[k] for k in a}
+
+
+def resize_weights(weights: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Average a (B, R, *spatial) weight map down to a feature map's spatial size."""
+    if tuple(weights.shape[2:]) == tuple(size):
+        return weights
+    return F.adaptive_avg_pool3d(weights, tuple(size))
+
+
+def weighted_moments(
+    features: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per region: sum of w*x, sum of w*x^2 and sum of w.
+
+    features (B, C, *s), weights (B, R, *s) -> (B, R, C), (B, R, C), (B, R, 1).
+    """
+    f = features.flatten(2).float()
+    w = weights.flatten(2).float()
+    s1 = torch.einsum("brn,bcn->brc", w, f)
+    s2 = torch.einsum("brn,bcn->brc", w, f * f)
+    return s1, s2, w.sum(-1, keepdim=True)
+
+
+def region_weights(
+    whole: torch.Tensor, lesion: torch.Tensor, rim_width: int = 1
+) -> torch.Tensor:
+    """Lesion, lesion rim (just outside its margin) and pancreatic parenchyma weights.
+
+    Inputs (B, 1, *s) in [0, 1]; output (B, 3, *s).
+    """
+    k = 2 * rim_width + 1
+    dilated = F.max_pool3d(lesion, k, stride=1, padding=rim_width)
+    rim = (dilated - lesion).clamp_min(0)
+    parenchyma = (whole - lesion).clamp_min(0)
+    return torch.cat([lesion, rim, parenchyma], 1)
+
+
+class LesionPoolingHead(nn.Module):
+    """Subtype from lesion-restricted statistics of the input and shallow encoder stages.
+
+    For each chosen stage (-1 is the input image) the head pools the feature mean and spread
+    inside the lesion, the mean in a thin rim around it (margin) and in the pancreatic
+    parenchyma (contrast). Shallow stages keep the density, margin and texture that tell
+    subtypes apart; deep stages mostly know where the organ is.
+    """
+
+    regions = ("lesion", "rim", "parenchyma")
+
+    def __init__(
+        self,
+        stage_channels: Sequence[int],
+        stages: Sequence[int] = (-1, 0, 1),
+        hidden: int = 64,
+        dropout: float = 0.2,
+        num_classes: int = NUM_SUBTYPES,
+    ):
+        super().__init__()
+        self.stages = tuple(int(s) for s in stages)
+        self.channels = [int(stage_channels[s + 1]) for s in self.stages]
+        n_in = 5 * sum(self.channels)
+        self.classifier = nn.Sequential(
+            nn.LayerNorm(n_in),
+            nn.Linear(n_in, hidden),
+            nn.LeakyReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def pool(
+        self,
+        image: torch.Tensor,
+        skips: Sequence[torch.Tensor],
+        whole: torch.Tensor,
+        lesion: torch.Tensor,
+        voxel_weight: torch.Tensor | None = None,
+    ) -> Evidence:
+        """Evidence from one tile. whole/lesion: (B, 1, *s) region weights at input resolution."""
+        weights = region_weights(whole.float(), lesion.float())
+        if voxel_weight is not None:
+            weights = weights * voxel_weight
+        maps = [image, *skips]
+        s1, s2, totals = [], [], []
+        for stage in self.stages:
+            feats = maps[stage + 1]
+            a, b, t = weighted_moments(feats, resize_weights(weights, feats.shape[2:]))
+            s1.append(a)
+            s2.append(b)
+            totals.append(t)
+        return {
+            "sum": torch.cat(s1, -1),
+            "sum_sq": torch.cat(s2, -1),
+            "weight": torch.cat(totals, -1),
+        }
+
+    def describe(self, evidence: Evidence, eps: float = 1e-3) -> torch.Tensor:
+        """Fixed-length case descriptor from evidence: (B, 5 * sum(channels))."""
+        widths = torch.tensor(self.channels, device=evidence["weight"].device)
+        weight = torch.repeat_interleave(evidence["weight"], widths, dim=-1)
+        mean = evidence["sum"] / (weight + eps)
+        var = (evidence["sum_sq"] / (weight + eps) - mean**2).clamp_min(0)
+        lesion, rim, parenchyma = mean.unbind(1)
+        return torch.cat(
+            [lesion, (var[:, 0] + 1e-6).sqrt(), rim, parenchyma, lesion - parenchyma], -1
+        )
+
+    def classify(self, evidence: Evidence) -> torch.Tensor:
+        return self.classifier(self.describe(evidence))
+
+    @staticmethod
+    def lesion_voxels(evidence: Evidence) -> torch.Tensor:
+        """Lesion weight total per case (B,), at input resolution."""
+        return evidence["weight"][:, 0, 0]
+
+
+class AttentionFusionHead(nn.Module):
+    """The public seed design: attention-weighted pooling of the last three encoder stages.
+
+    Kept as an option for comparison. It looks at the whole tile, not at the lesion.
+    """
+
+    def __init__(
+        self,
+        stage_channels: Sequence[int],
+        n_stages: int = 3,
+        hidden: int = 128,
+        dropout: float = 0.3,
+        num_classes: int = NUM_SUBTYPES,
+    ):
+        super().__init__()
+        encoder_channels = list(stage_channels[1:])
+        self.stages = tuple(range(len(encoder_channels) - n_stages, len(encoder_channels)))
+        self.channels = [encoder_channels[s] for s in self.stages]
+        self.attention = nn.ModuleList(nn.Conv3d(c, 1, kernel_size=1) for c in self.channels)
+        n_in = sum(self.channels)
+        self.classifier = nn.Sequential(
+            nn.Linear(n_in, hidden),
+            nn.LeakyReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def pool(self, image, skips, whole, lesion, voxel_weight=None) -> Evidence:
+        sums, totals = [], []
+        for conv, stage in zip(self.attention, self.stages):
+            feats = skips[stage]
+            att = torch.sigmoid(conv(feats))
+            if voxel_weight is not None:
+                att = att * resize_weights(voxel_weight, feats.shape[2:])
+            a, _, t = weighted_moments(feats, att)
+            sums.append(a[:, 0])
+            totals.append(t[:, 0])
+        # lesion voxels still count, so training can skip lesion-free patches like the other head
+        lesion_total = lesion.float().flatten(1).sum(-1, keepdim=True)
+        return {"sum": torch.cat(sums, -1), "weight": torch.cat([lesion_total, *totals], -1)}
+
+    def classify(self, evidence: Evidence, eps: float = 1e-3) -> torch.Tensor:
+        widths = torch.tensor(self.channels, device=evidence["weight"].device)
+        weight = torch.repeat_interleave(evidence["weight"][:, 1:], widths, dim=-1)
+        return self.classifier(evidence["sum"] / (weight + eps))
+
+    @staticmethod
+    def lesion_voxels(evidence: Evidence) -> torch.Tensor:
+        return evidence["weight"][:, 0]
+
+
+HEADS = {"lesion_pooling": LesionPoolingHead, "attention_fusion": AttentionFusionHead}
+
+
+class MultiTaskUNet(nn.Module):
+    """An nnU-Net encoder-decoder plus a subtype head on the same encoder.
+
+    `forward` returns segmentation logits only, so stock nnU-Net training loss, validation and
+    `nnUNetv2_predict` work unchanged; the head is reached through `forward_multitask`.
+    """
+
+    def __init__(self, unet: nn.Module, head: nn.Module, num_seg_outputs: int):
+        super().__init__()
+        self.encoder = unet.encoder
+        self.decoder = unet.decoder
+        self.head = head
+        # two outputs are nnU-Net regions (whole, lesion) with sigmoid; three are softmax labels
+        self.regions = num_seg_outputs == 2
+
+    def forward(self, x: torch.Tensor):
+        return self.decoder(self.encoder(x))
+
+    def region_probabilities(self, seg_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(whole pancreas, lesion) probabilities, each (B, 1, *s), from full-resolution logits."""
+        if self.regions:
+            p = torch.sigmoid(seg_logits.float())
+            return p[:, 0:1], p[:, 1:2]
+        p = torch.softmax(seg_logits.float(), 1)
+        return p[:, 1:3].sum(1, keepdim=True), p[:, 2:3]
+
+    def forward_multitask(
+        self,
+        x: torch.Tensor,
+        whole: torch.Tensor | None = None,
+        lesion: torch.Tensor | None = None,
+        voxel_weight: torch.Tensor | None = None,
+    ):
+        """Segmentation logits and head evidence from one forward pass.
+
+        Training passes the reference regions. Without them the network's own prediction is
+        used twice: binarised at 0.5 (as the reference masks are) and soft, the soft evidence
+        (keys prefixed `soft_`) only serving cases where nothing passes 0.5.
+        """
+        skips = self.encoder(x)
+        seg = self.decoder(skips)
+        if whole is not None and lesion is not None:
+            return seg, self.head.pool(x, skips, whole, lesion, voxel_weight)
+        full = seg[0] if isinstance(seg, (list, tuple)) else seg
+        p_whole, p_lesion = self.region_probabilities(full.detach())
+        evidence = self.head.pool(
+            x, skips, (p_whole > 0.5).float(), (p_lesion > 0.5).float(), voxel_weight
+        )
+        soft = self.head.pool(x, skips, p_whole, p_lesion, voxel_weight)
+        evidence.update({f"soft_{k}": v for k, v in soft.items()})
+        return seg, evidence
+
+    def classify(self, evidence: Evidence) -> torch.Tensor:
+        """Subtype logits from (summed) evidence, falling back to soft regions per case."""
+        hard = {k: v for k, v in evidence.items() if not k.startswith("soft_")}
+        logits = self.head.classify(hard)
+        soft = {k[5:]: v for k, v in evidence.items() if k.startswith("soft_")}
+        if soft:
+            use_hard = self.head.lesion_voxels(hard) >= 1
+            logits = torch.where(use_hard[:, None], logits, self.head.classify(soft))
+        return logits
+
+
+def stage_channels(unet: nn.Module, num_input_channels: int) -> list[int]:
+    """Channels of the input followed by each encoder stage's output."""
+    return [num_input_channels, *[int(c) for c in unet.encoder.output_channels]]

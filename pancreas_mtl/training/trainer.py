@@ -1,0 +1,342 @@
+"""nnU-Net trainer with a lesion subtype head on the shared encoder.
+
+Only nnU-Net's hooks are overridden: the network builder (adds the head), the optimizer (a
+separate learning rate for the head), the train step (segmentation loss plus a weighted,
+delayed cross-entropy), validation (whole-case segmentation and subtype metrics each epoch),
+epoch end (monitor, early stopping) and train end (restore the best weights).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from os.path import join
+
+import numpy as np
+import pandas as pd
+import torch
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
+from sklearn.utils.class_weight import compute_class_weight
+from torch import autocast, nn
+
+from .case_evaluation import dice, predict_case
+from .early_stopping import stopping_state
+from .heads import HEADS, NUM_SUBTYPES, MultiTaskUNet, stage_channels
+from .monitor import (
+    MONITOR_PNG,
+    classification_summary,
+    plot_monitor,
+    unpredicted_streaks,
+    write_monitor,
+)
+from .settings import TrainerSettings, load_settings
+
+SUBTYPE_TABLE = "subtypes.csv"
+MONITOR_KEY = "classification_monitor"
+
+
+class GroupPolyLRScheduler(PolyLRScheduler):
+    """nnU-Net's poly schedule, applied to each parameter group's own initial learning rate."""
+
+    def __init__(self, optimizer, max_steps: int, exponent: float = 0.9):
+        self.group_initial_lrs = [g["lr"] for g in optimizer.param_groups]
+        super().__init__(optimizer, self.group_initial_lrs[0], max_steps, exponent)
+
+    def step(self, current_step=None):
+        if current_step is None or current_step == -1:
+            current_step = self.ctr
+            self.ctr += 1
+        factor = (1 - current_step / self.max_steps) ** self.exponent
+        for group, lr in zip(self.optimizer.param_groups, self.group_initial_lrs):
+            group["lr"] = lr * factor
+        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+
+def read_subtypes(path: str) -> dict[str, int]:
+    """case id -> subtype for every labelled case of the subtype table."""
+    table = pd.read_csv(path, dtype={"case_id": str})
+    table = table.dropna(subset=["subtype"])
+    return {str(k): int(v) for k, v in zip(table["case_id"], table["subtype"])}
+
+
+def class_weights(labels: list[int], scheme: str) -> np.ndarray:
+    """Cross-entropy class weights from the training split's labels only."""
+    if scheme == "none":
+        return np.ones(NUM_SUBTYPES)
+    if scheme != "balanced":
+        raise ValueError(f"unknown class weighting {scheme!r} (balanced, none)")
+    present = np.unique(labels)
+    weights = np.ones(NUM_SUBTYPES)
+    weights[present] = compute_class_weight("balanced", classes=present, y=np.asarray(labels))
+    return weights
+
+
+def reference_regions(target: torch.Tensor, regions: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(whole pancreas, lesion) masks (B, 1, *s) from nnU-Net's full-resolution target."""
+    if regions:
+        return target[:, 0:1].float(), target[:, 1:2].float()
+    return (target > 0).float(), (target == 2).float()
+
+
+class nnUNetTrainerMultiTask(nnUNetTrainer):
+    """Segmentation plus lesion subtype, with the lesion-pooling head (the default)."""
+
+    head_name = "lesion_pooling"
+
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),
+    ):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.settings: TrainerSettings = load_settings()
+        s = self.settings
+        self.num_epochs = s.num_epochs
+        self.num_iterations_per_epoch = s.iterations_per_epoch
+        self.num_val_iterations_per_epoch = s.val_iterations_per_epoch
+        self.initial_lr = s.initial_lr
+        self.save_every = max(1, s.checkpoint_every)
+        self.subtype_of: dict[str, int] = {}
+        self.val_keys: list[str] = []
+        self.cls_loss = None
+        # nnU-Net's logger is checkpointed, so the monitor history survives a resume with it
+        self.logger.local_logger.my_fantastic_logging[MONITOR_KEY] = []
+        self._stop = False
+        self._epoch_cls = {}
+
+    @classmethod
+    def build_network_architecture(
+        cls,
+        plans_manager,
+        configuration_manager,
+        num_input_channels,
+        num_output_channels,
+        enable_deep_supervision: bool = True,
+    ) -> nn.Module:
+        unet = nnUNetTrainer.build_network_architecture(
+            plans_manager,
+            configuration_manager,
+            num_input_channels,
+            num_output_channels,
+            enable_deep_supervision,
+        )
+        head = HEADS[cls.head_name](stage_channels(unet, num_input_channels))
+        return MultiTaskUNet(unet, head, num_output_channels)
+
+    @property
+    def _model(self) -> MultiTaskUNet:
+        mod = self.network.module if self.is_ddp else self.network
+        return getattr(mod, "_orig_mod", mod)
+
+    def configure_optimizers(self):
+        head = list(self._model.head.parameters())
+        head_ids = {id(p) for p in head}
+        backbone = [p for p in self.network.parameters() if id(p) not in head_ids]
+        optimizer = torch.optim.SGD(
+            [
+                {"params": backbone, "lr": self.initial_lr},
+                {"params": head, "lr": self.initial_lr * self.settings.head_lr_multiplier},
+            ],
+            self.initial_lr,
+            weight_decay=self.weight_decay,
+            momentum=0.99,
+            nesterov=True,
+        )
+        return optimizer, GroupPolyLRScheduler(optimizer, self.num_epochs)
+
+    def on_train_start(self):
+        super().on_train_start()
+        table = self.settings.subtype_table or join(
+            self.preprocessed_dataset_folder_base, SUBTYPE_TABLE
+        )
+        self.subtype_of = read_subtypes(table)
+        tr_keys, self.val_keys = self.do_split()
+        missing = sorted(k for k in [*tr_keys, *self.val_keys] if k not in self.subtype_of)
+        if missing:
+            raise RuntimeError(
+                f"{table} has no subtype for {len(missing)} case(s): {', '.join(missing[:10])}"
+            )
+        weights = class_weights([self.subtype_of[k] for k in tr_keys], self.settings.class_weighting)
+        self.print_to_log_file(
+            f"subtype class weights (training split, {len(tr_keys)} cases): {np.round(weights, 3).tolist()}"
+        )
+        self.cls_loss = nn.CrossEntropyLoss(
+            weight=torch.tensor(weights, dtype=torch.float32, device=self.device)
+        )
+        with open(join(self.output_folder, "multitask_settings.json"), "w") as f:
+            json.dump({"trainer": self.__class__.__name__, **self.settings.to_dict()}, f, indent=1)
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return autocast(self.device.type, enabled=True)
+        return dummy_context()
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = (
+            [t.to(self.device, non_blocking=True) for t in target]
+            if isinstance(target, list)
+            else target.to(self.device, non_blocking=True)
+        )
+        full_target = target[0] if isinstance(target, list) else target
+        labels = torch.tensor(
+            [self.subtype_of[k] for k in batch["keys"]], device=self.device
+        )
+        whole, lesion = reference_regions(full_target, self._model.regions)
+        cls_weight = self.settings.cls_weight_at(self.current_epoch)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            seg, evidence = self._model.forward_multitask(data, whole, lesion)
+            seg_loss = self.loss(seg, target)
+        logits = self._model.head.classify(evidence)
+        has_lesion = self._model.head.lesion_voxels(evidence) >= 1
+        if has_lesion.any():
+            cls_loss = self.cls_loss(logits[has_lesion], labels[has_lesion])
+        else:
+            cls_loss = logits.sum() * 0.0
+        loss = seg_loss + cls_weight * cls_loss
+
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.settings.grad_clip)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.settings.grad_clip)
+            self.optimizer.step()
+        pred = torch.where(has_lesion, logits.argmax(1), torch.full_like(labels, -1))
+        return {
+            "loss": loss.detach().cpu().numpy(),
+            "cls_loss": cls_loss.detach().cpu().numpy(),
+            "pred": pred.cpu().numpy(),
+        }
+
+    def on_train_epoch_end(self, train_outputs: list[dict]):
+        super().on_train_epoch_end(train_outputs)
+        preds = np.concatenate([o["pred"] for o in train_outputs])
+        self._epoch_cls = {
+            "cls_loss": float(np.mean([o["cls_loss"] for o in train_outputs])),
+            "cls_weight": self.settings.cls_weight_at(self.current_epoch),
+            "train_pred_counts": np.bincount(preds[preds >= 0], minlength=NUM_SUBTYPES).tolist(),
+        }
+
+    def on_validation_epoch_end(self, val_outputs: list[dict]):
+        super().on_validation_epoch_end(val_outputs)
+        every = max(1, self.settings.case_validation_every)
+        if self.current_epoch % every == 0 or self.current_epoch == self.num_epochs - 1:
+            self._epoch_cls.update(self.evaluate_validation_cases())
+
+    def evaluate_validation_cases(self) -> dict:
+        """Whole-case DSC and subtype metrics on the validation split, as at inference."""
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, self.val_keys)
+        self.set_deep_supervision_enabled(False)
+        whole_dsc, lesion_dsc, logits, labels = [], [], [], []
+        try:
+            for key in self.val_keys:
+                data, seg, _, _ = dataset.load_case(key)
+                seg_logits, evidence = predict_case(
+                    self._model, data, self.configuration_manager.patch_size, self.device
+                )
+                whole, lesion = self._model.region_probabilities(torch.from_numpy(seg_logits)[None])
+                ref = np.asarray(seg)[0]
+                whole_dsc.append(dice(whole[0, 0].numpy() > 0.5, ref > 0))
+                lesion_dsc.append(dice(lesion[0, 0].numpy() > 0.5, ref == 2))
+                with torch.no_grad():
+                    logits.append(self._model.classify(evidence).cpu().numpy()[0])
+                labels.append(self.subtype_of[key])
+        finally:
+            self.set_deep_supervision_enabled(self.enable_deep_supervision)
+        summary = classification_summary(labels, np.array(logits))
+        summary["whole_dsc"] = float(np.mean(whole_dsc))
+        summary["lesion_dsc"] = float(np.mean(lesion_dsc))
+        w = self.settings.score_seg_weight
+        summary["score"] = w * (summary["whole_dsc"] + summary["lesion_dsc"]) / 2 + (1 - w) * summary[
+            "macro_f1"
+        ]
+        return summary
+
+    def on_epoch_end(self):
+        row = {"epoch": self.current_epoch, **self._epoch_cls}
+        self.logger.log(MONITOR_KEY, row, self.current_epoch)
+        s = self.settings
+        state = stopping_state(
+            [r.get("score") for r in self.monitor_history],
+            s.early_stopping_patience,
+            s.early_stopping_min_delta,
+            min_epochs=s.cls_warmup_epochs + s.cls_ramp_epochs,
+        )
+        if "score" in row:
+            self.print_to_log_file(
+                f"case validation: whole DSC {row['whole_dsc']:.4f}, lesion DSC {row['lesion_dsc']:.4f}, "
+                f"macro-F1 {row['macro_f1']:.4f}, predictions per subtype {row['pred_counts']}, "
+                f"score {row['score']:.4f}"
+            )
+        for c, n in unpredicted_streaks(self.monitor_history).items():
+            if n >= s.unpredicted_warning_epochs and self.current_epoch >= s.cls_warmup_epochs:
+                self.print_to_log_file(
+                    f"WARNING: subtype {c} has not been predicted on the validation cases for {n} epochs"
+                )
+        if self.local_rank == 0:
+            write_monitor(self.monitor_history, self.output_folder)
+            plot_monitor(self.monitor_history, join(self.output_folder, MONITOR_PNG))
+        if state.is_best:
+            self.print_to_log_file(f"New best early-stopping score: {state.best_score:.4f}")
+            self.save_checkpoint(join(self.output_folder, "checkpoint_best_score.pth"))
+        if state.should_stop:
+            self.print_to_log_file(
+                f"Early stopping: no improvement for {s.early_stopping_patience} epochs "
+                f"(best epoch {state.best_epoch}, score {state.best_score:.4f})"
+            )
+            self._stop = True
+        self._epoch_cls = {}
+        super().on_epoch_end()
+
+    @property
+    def monitor_history(self) -> list[dict]:
+        return self.logger.get_value(MONITOR_KEY, step=None)
+
+    def run_training(self):
+        self.on_train_start()
+        for _ in range(self.current_epoch, self.num_epochs):
+            self.on_epoch_start()
+            self.on_train_epoch_start()
+            train_outputs = [
+                self.train_step(next(self.dataloader_train))
+                for _ in range(self.num_iterations_per_epoch)
+            ]
+            self.on_train_epoch_end(train_outputs)
+            with torch.no_grad():
+                self.on_validation_epoch_start()
+                val_outputs = [
+                    self.validation_step(next(self.dataloader_val))
+                    for _ in range(self.num_val_iterations_per_epoch)
+                ]
+                self.on_validation_epoch_end(val_outputs)
+            self.on_epoch_end()
+            if self._stop:
+                break
+        self.on_train_end()
+
+    def on_train_end(self):
+        best = join(self.output_folder, "checkpoint_best_score.pth")
+        if self.settings.restore_best and os.path.isfile(best):
+            weights = torch.load(best, map_location=self.device, weights_only=False)["network_weights"]
+            self._model.load_state_dict(weights)
+            self.print_to_log_file("Final checkpoint holds the weights of the best-scoring epoch")
+        super().on_train_end()
+
+
+class nnUNetTrainerMultiTaskAttention(nnUNetTrainerMultiTask):
+    """The public seed's head: attention fusion of the last three encoder stages."""
+
+    head_name = "attention_fusion"
+

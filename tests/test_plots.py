@@ -1,0 +1,109 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.image import imread
+
+from pancreas_mtl.evaluation.plots import (
+    plot_confusion_matrix,
+    plot_dsc_distributions,
+    plot_inference_speed,
+    plot_prediction_counts,
+    plot_training_curves,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_drawn_png(path):
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    pixels = imread(path)
+    assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 1
+
+
+@pytest.fixture
+def monitor_paths(tmp_path):
+    fold0 = [
+        {"epoch": 0, "whole_dsc": 0.2, "lesion_dsc": 0.0, "macro_f1": 0.17, "score": 0.1, "cls_weight": 0.0,
+         "pred_counts": [3, 0, 0], "train_pred_counts": [8, 0, 0], "never_predicted": [1, 2]},
+        # a row from before the head was trained: no loss, no counts
+        {"epoch": 1, "whole_dsc": 0.5, "lesion_dsc": 0.1, "macro_f1": 0.17},
+        {"epoch": 2, "whole_dsc": 0.7, "lesion_dsc": 0.3, "macro_f1": 0.5, "score": 0.45, "cls_loss": 1.1,
+         "cls_weight": 0.3, "pred_counts": [1, 1, 1], "never_predicted": []},
+    ]
+    fold1 = [
+        {"epoch": 0, "whole_dsc": 0.3, "cls_loss": 1.2, "pred_counts": [0, 2, 1]},
+        {"epoch": 1, "lesion_dsc": 0.2, "macro_f1": 0.4, "cls_loss": 0.9, "pred_counts": [1, 1, 1]},
+    ]
+    paths = {}
+    for fold, rows in ((0, fold0), (1, fold1)):
+        paths[fold] = tmp_path / f"fold_{fold}" / "classification_monitor.json"
+        paths[fold].parent.mkdir()
+        paths[fold].write_text(json.dumps(rows))
+    return paths
+
+
+def test_plot_confusion_matrix(tmp_path):
+    path = tmp_path / "confusion.png"
+    plot_confusion_matrix([[3, 1, 0], [0, 2, 0], [1, 0, 0]], path)
+    assert_drawn_png(path)
+
+
+def test_plot_confusion_matrix_with_an_empty_true_class(tmp_path):
+    path = tmp_path / "confusion.png"
+    plot_confusion_matrix([[2, 0, 0], [0, 0, 0], [1, 0, 1]], path)
+    assert_drawn_png(path)
+
+
+def test_plot_dsc_distributions(tmp_path):
+    csv_path = tmp_path / "per_case.csv"
+    pd.DataFrame(
+        {
+            "case_id": ["a", "b", "c", "d", "e"],
+            "subtype": [0, 0, 1, 2, 2],
+            "predicted_subtype": [0, 1, 1, 2, 0],
+            "whole_pancreas_dsc": [0.9, 0.85, 0.8, 0.7, 0.95],
+            "lesion_dsc": [0.6, 0.0, 1.0, 0.4, 0.5],
+        }
+    ).to_csv(csv_path, index=False)
+    path = tmp_path / "dsc.png"
+    plot_dsc_distributions(csv_path, path)
+    assert_drawn_png(path)
+
+
+def test_plot_training_curves(tmp_path, monitor_paths):
+    path = tmp_path / "curves.png"
+    plot_training_curves(monitor_paths, path)
+    assert_drawn_png(path)
+
+
+def test_plot_prediction_counts(tmp_path, monitor_paths):
+    path = tmp_path / "counts.png"
+    plot_prediction_counts(monitor_paths, path)
+    assert_drawn_png(path)
+
+
+def test_plot_prediction_counts_single_fold(tmp_path, monitor_paths):
+    path = tmp_path / "counts.png"
+    plot_prediction_counts({0: monitor_paths[0]}, path)
+    assert_drawn_png(path)
+
+
+def test_plot_prediction_counts_fold_without_counts(tmp_path, monitor_paths):
+    no_counts = tmp_path / "no_counts.json"
+    no_counts.write_text(json.dumps([{"epoch": 0, "whole_dsc": 0.1}]))
+    path = tmp_path / "counts.png"
+    plot_prediction_counts({0: monitor_paths[0], 1: no_counts}, path)
+    assert_drawn_png(path)
+
+
+def test_plot_inference_speed(tmp_path):
+    benchmark = {"cases": 2, "device": "cpu", "stock_seconds": 10.0, "two_pass_seconds": 14.0,
+                 "multitask_seconds": 10.5, "speedup_vs_stock": 10.0 / 10.5,
+                 "speedup_vs_two_pass": 14.0 / 10.5, "mask_dice_vs_stock": 0.99}
+    json_path = tmp_path / "inference_speed.json"
+    json_path.write_text(json.dumps(benchmark))
+    path = tmp_path / "speed.png"
+    plot_inference_speed(json_path, path)
+    assert_drawn_png(path)

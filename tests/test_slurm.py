@@ -1,0 +1,220 @@
+"""Snakemake through profiles/slurm, on the one-node cluster that .ci/slurm/start.sh starts.
+
+Tests marked ``slurm`` skip when no Slurm client is installed or no node answers. On another
+cluster, set SLURM_ACCOUNT and SLURM_PARTITION (a partition with GPUs) before running them.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SLURM_PROFILE = REPO / "profiles" / "slurm"
+# What .ci/slurm/start.sh creates; the environment wins, as it does for the profile.
+CI_ACCOUNT = os.environ.get("CI_SLURM_ACCOUNT", "pancreas_ci")
+CI_PARTITION = os.environ.get("CI_SLURM_PARTITION", "debug")
+SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: \S*/rule_([^/\s]+)/")
+
+
+def slurm_down_reason() -> str | None:
+    """Why Slurm cannot run jobs here, or None when a node is up."""
+    if shutil.which("sinfo") is None:
+        return (
+            "no Slurm client (sinfo not found); start a cluster with .ci/slurm/start.sh"
+        )
+    try:
+        sinfo = subprocess.run(
+            ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30
+        )
+    except subprocess.TimeoutExpired:
+        return "Slurm cluster down: sinfo timed out"
+    if sinfo.returncode != 0:
+        last_line = (sinfo.stderr.strip().splitlines() or ["no message"])[-1]
+        return f"Slurm cluster down: sinfo failed: {last_line}"
+    states = sinfo.stdout.split()
+    if not any(s.startswith(("idle", "mix", "alloc", "comp")) for s in states):
+        return f"Slurm cluster down: no usable node (states: {states})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    reason = slurm_down_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+def run_snakemake_slurm(
+    workdir: Path,
+    targets=(),
+    extra_args=(),
+    *,
+    timeout: int = 600,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
+    """Run Snakemake in ``workdir`` through profiles/slurm and return the finished process.
+
+    ``timeout -k`` bounds the run: when a job vanishes from sacct/squeue the plugin polls
+    forever and ignores SIGTERM. The account and partition default to the CI cluster's;
+    pass ``--snakefile`` in ``extra_args`` to run a workflow that lives elsewhere.
+    """
+    run_env = dict(os.environ if env is None else env)
+    run_env.setdefault("SLURM_ACCOUNT", CI_ACCOUNT)
+    run_env.setdefault("SLURM_PARTITION", CI_PARTITION)
+    cmd = [
+        "timeout", "-k", "10", str(timeout),
+        sys.executable, "-m", "snakemake",
+        "--profile", str(SLURM_PROFILE),
+        # The plugin otherwise waits 40 s before its first status check.
+        "--slurm-init-seconds-before-status-checks", "5",
+        *extra_args,
+        *targets,
+    ]  # fmt: skip
+    return subprocess.run(
+        cmd,
+        cwd=workdir,
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout + 60,
+    )
+
+
+def slurm_job_ids(output: str) -> dict[str, list[str]]:
+    """Slurm job ids per rule, read from Snakemake's log of a run through the plugin."""
+    ids: dict[str, list[str]] = {}
+    for job_id, rule in SUBMITTED.findall(output):
+        ids.setdefault(rule, []).append(job_id)
+    return ids
+
+
+def allocated_tres(job_id: str) -> dict[str, str]:
+    """TRES that Slurm allocated to a job, e.g. {"cpu": "4", "gres/gpu": "1", ...}."""
+    sacct = subprocess.run(
+        ["sacct", "-X", "-n", "-j", job_id, "-o", "AllocTRES%80,JobName%40", "-P"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    tres = sacct.stdout.strip().splitlines()[0].split("|")[0]
+    return dict(item.split("=", 1) for item in tres.split(",") if item)
+
+
+def write_snakefile(workdir: Path, body: str) -> None:
+    (workdir / "Snakefile").write_text(textwrap.dedent(body))
+
+
+@pytest.mark.slurm
+def test_profile_runs_cpu_and_gpu_jobs_on_slurm(tmp_path, slurm_cluster):
+    write_snakefile(
+        tmp_path,
+        """
+        rule all:
+            input:
+                "trained.txt",
+
+
+        rule prepare:
+            output:
+                "prepared.txt",
+            resources:
+                mem_mb=500,
+                runtime=5,
+            shell:
+                "echo prepared > {output}"
+
+
+        rule train_fold:
+            input:
+                "prepared.txt",
+            output:
+                "trained.txt",
+            resources:
+                gpu=1,
+            shell:
+                "echo job=$SLURM_JOB_ID cuda=${{CUDA_VISIBLE_DEVICES:-none}} > {output}"
+        """,
+    )
+    run = run_snakemake_slurm(tmp_path, ["all"])
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    jobs = slurm_job_ids(run.stdout + run.stderr)
+    assert set(jobs) == {"prepare", "train_fold"}
+    (train_id,) = jobs["train_fold"]
+    (prepare_id,) = jobs["prepare"]
+
+    # The rule ran inside its Slurm job, with the GPU bound to it.
+    assert (tmp_path / "prepared.txt").read_text() == "prepared\n"
+    trained = dict(
+        kv.split("=", 1) for kv in (tmp_path / "trained.txt").read_text().split()
+    )
+    assert trained["job"] == train_id
+    assert trained["cuda"] != "none"
+
+    # The profile's set-resources for `train_fold` reached sbatch; `prepare` got no GPU.
+    train_tres = allocated_tres(train_id)
+    assert train_tres["gres/gpu"] == "1"
+    assert train_tres["cpu"] == "4"
+    assert train_tres["mem"] == "32000M"
+    prepare_tres = allocated_tres(prepare_id)
+    assert "gres/gpu" not in prepare_tres
+    assert prepare_tres["mem"] == "500M"
+
+
+def test_slurm_profile_takes_account_and_partitions_from_environment(tmp_path):
+    write_snakefile(
+        tmp_path,
+        """
+        rule all:
+            input:
+                "prepare.txt",
+                "train_fold.txt",
+
+
+        rule prepare:
+            output:
+                "prepare.txt",
+            run:
+                with open(output[0], "w") as f:
+                    print(resources.slurm_account, resources.slurm_partition, file=f)
+
+
+        use rule prepare as train_fold with:
+            output:
+                "train_fold.txt",
+        """,
+    )
+
+    def resolved(env_vars: dict) -> dict[str, list[str]]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+        env.update(env_vars)
+        for out in ("prepare.txt", "train_fold.txt"):
+            (tmp_path / out).unlink(missing_ok=True)
+        # The local executor evaluates the profile's resources without a cluster.
+        run = subprocess.run(
+            [sys.executable, "-m", "snakemake", "--profile", str(SLURM_PROFILE),
+             "--executor", "local", "--cores", "1"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stdout + run.stderr
+        return {
+            rule: (tmp_path / f"{rule}.txt").read_text().split()
+            for rule in ("prepare", "train_fold")
+        }
+
+    assert resolved({}) == {"prepare": [], "train_fold": []}
+    assert resolved({"SLURM_ACCOUNT": "12345", "SLURM_PARTITION": "cpu-short"}) == {
+        "prepare": ["12345", "cpu-short"],
+        "train_fold": ["12345", "cpu-short"],
+    }
+    assert resolved(
+        {
+            "SLURM_ACCOUNT": "lab",
+            "SLURM_PARTITION": "cpu",
+            "SLURM_GPU_PARTITION": "gpu-a100",
+        }
+    ) == {"prepare": ["lab", "cpu"], "train_fold": ["lab", "gpu-a100"]}

@@ -1,0 +1,50 @@
+import os
+
+from snakemake.utils import validate
+
+from pancreas_mtl.naming import (
+    dataset_name,
+    model_folder_name,
+    plans_identifier,
+    trainer_name,
+)
+
+
+validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+
+RESULTS = config["results_dir"]
+DEMO = config["data_dir"] == "demo"
+DATA_DIR = f"{RESULTS}/demo/cohort" if DEMO else config["data_dir"]
+if not DEMO and not os.path.isdir(DATA_DIR):
+    raise WorkflowError(f"config key data_dir: {DATA_DIR!r} is not a directory")
+
+DATASET = dataset_name(config["dataset"]["id"], config["dataset"]["name"])
+RAW_ROOT = f"{RESULTS}/nnUNet_raw"
+PRE_ROOT = f"{RESULTS}/nnUNet_preprocessed"
+MODEL_ROOT = f"{RESULTS}/nnUNet_results"
+RAW = f"{RAW_ROOT}/{DATASET}"
+PRE = f"{PRE_ROOT}/{DATASET}"
+PLANS = plans_identifier(config["plan"]["planner"])
+CONFIGURATION = config["plan"]["configuration"]
+TRAINER = trainer_name(config["train"]["head"])
+MODEL = f"{MODEL_ROOT}/{DATASET}/{model_folder_name(TRAINER, PLANS, CONFIGURATION)}"
+FOLDS = config["train"]["folds"]
+NNUNET_PATHS = {"raw": RAW_ROOT, "preprocessed": PRE_ROOT, "results": MODEL_ROOT}
+ENV_NNUNET = "../../envs/nnunet.yaml"
+ENV_TOOLS = "../../envs/tools.yaml"
+
+
+def cohort_files():
+    """Every NIfTI file of a user cohort, so edits to it trigger re-ingestion; none for the demo."""
+    if DEMO:
+        return []
+    found = []
+    for root, _, names in os.walk(DATA_DIR):
+        found.extend(
+            os.path.join(root, n) for n in names if n.endswith((".nii.gz", ".nii"))
+        )
+    return sorted(found)
+
+
+def fold_checkpoints():
+    return expand(f"{MODEL}/fold_{{fold}}/checkpoint_final.pth", fold=FOLDS)

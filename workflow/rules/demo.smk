@@ -1,0 +1,15 @@
+rule make_demo_cohort:
+    output:
+        directory(f"{RESULTS}/demo/cohort"),
+    params:
+        **config["demo"],
+    log:
+        f"{RESULTS}/logs/make_demo_cohort/make_demo_cohort.log",
+    conda:
+        ENV_TOOLS
+    threads: config["threads"]
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    script:
+        "../scripts/make_demo_cohort.py"

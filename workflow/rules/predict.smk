@@ -1,0 +1,34 @@
+rule predict_split:
+    input:
+        checkpoints=fold_checkpoints(),
+        raw=rules.ingest_cohort.output.raw,
+        subtypes=rules.ingest_cohort.output.subtypes,
+    output:
+        directory(f"{RESULTS}/predictions/{{split}}"),
+    wildcard_constraints:
+        split="validation|test",
+    params:
+        model=MODEL,
+        folds=FOLDS,
+        checkpoint=config["predict"]["checkpoint"],
+        device=config["train"]["device"],
+        tta=config["predict"]["tta"],
+        step_size=config["predict"]["step_size"],
+    log:
+        f"{RESULTS}/logs/predict_split/{{split}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/predict_split/{{split}}.tsv"
+    conda:
+        ENV_NNUNET
+    threads: config["threads"]
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
+    script:
+        "../scripts/predict_split.py"
+
+
+rule predict:
+    input:
+        expand(rules.predict_split.output, split=["validation", "test"]),

@@ -1,0 +1,33 @@
+rule plan_and_preprocess:
+    input:
+        raw=RAW,
+        splits=rules.write_splits.output.splits,
+        subtypes=rules.ingest_cohort.output.subtypes,
+    output:
+        plans=f"{PRE}/{PLANS}.json",
+        data=directory(f"{PRE}/{PLANS}_{CONFIGURATION}"),
+        splits=f"{PRE}/splits_final.json",
+        subtypes=f"{PRE}/subtypes.csv",
+    params:
+        dataset_id=config["dataset"]["id"],
+        planner=config["plan"]["planner"],
+        configuration=CONFIGURATION,
+        custom_configuration=config["plan"]["custom_configuration"],
+        nnunet_paths=NNUNET_PATHS,
+    log:
+        f"{RESULTS}/logs/plan_and_preprocess/plan_and_preprocess.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/plan_and_preprocess/plan_and_preprocess.tsv"
+    conda:
+        ENV_NNUNET
+    threads: config["threads"]
+    resources:
+        mem_mb=16000,
+        runtime=240,
+    script:
+        "../scripts/plan_and_preprocess.py"
+
+
+rule preprocess:
+    input:
+        rules.plan_and_preprocess.output,

@@ -1,0 +1,41 @@
+rule train_fold:
+    input:
+        plans=rules.plan_and_preprocess.output.plans,
+        data=rules.plan_and_preprocess.output.data,
+        splits=rules.plan_and_preprocess.output.splits,
+        subtypes=rules.plan_and_preprocess.output.subtypes,
+    output:
+        checkpoint=f"{MODEL}/fold_{{fold}}/checkpoint_final.pth",
+        monitor=f"{MODEL}/fold_{{fold}}/classification_monitor.json",
+        progress=report(
+            f"{MODEL}/fold_{{fold}}/progress.png",
+            caption="../report/progress.rst",
+            category="Training",
+            subcategory="fold {fold}",
+        ),
+    params:
+        dataset_id=config["dataset"]["id"],
+        configuration=CONFIGURATION,
+        plans_identifier=PLANS,
+        head=config["train"]["head"],
+        device=config["train"]["device"],
+        train=config["train"],
+        nnunet_paths=NNUNET_PATHS,
+    log:
+        f"{RESULTS}/logs/train_fold/fold_{{fold}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_fold/fold_{{fold}}.tsv"
+    conda:
+        ENV_NNUNET
+    threads: config["threads"]
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=1440,
+    script:
+        "../scripts/train_fold.py"
+
+
+rule train:
+    input:
+        fold_checkpoints(),

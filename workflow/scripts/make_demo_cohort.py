@@ -1,0 +1,14 @@
+from pancreas_mtl.logs import log_to_file
+
+log_to_file(snakemake.log[0])
+
+from pancreas_mtl.demo import make_demo_cohort
+
+make_demo_cohort(
+    snakemake.output[0],
+    n_train=snakemake.params.n_train,
+    n_validation=snakemake.params.n_validation,
+    n_test=snakemake.params.n_test,
+    seed=snakemake.params.seed,
+    workers=snakemake.threads,
+)

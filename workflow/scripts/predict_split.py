@@ -1,0 +1,19 @@
+from pancreas_mtl.logs import log_to_file
+
+log_to_file(snakemake.log[0])
+
+from pancreas_mtl.inference.predictor import predict_split
+
+predict_split(
+    snakemake.params.model,
+    snakemake.params.folds,
+    snakemake.input.raw,
+    snakemake.input.subtypes,
+    snakemake.wildcards.split,
+    snakemake.output[0],
+    checkpoint=snakemake.params.checkpoint,
+    device=snakemake.params.device,
+    tta=snakemake.params.tta,
+    step_size=snakemake.params.step_size,
+    threads=snakemake.threads,
+)
