@@ -158,14 +158,20 @@ def predict_cases(
     predictor: MultiTaskPredictor,
     images: Iterable[tuple[str, str | os.PathLike]],
     output_dir: str | os.PathLike,
+    write_masks: bool = True,
 ) -> pd.DataFrame:
-    """Masks `<case>.nii.gz` and `subtype_results.csv` in output_dir for (case_id, image) pairs."""
+    """Masks `<case>.nii.gz` and `subtype_results.csv` in output_dir for (case_id, image) pairs.
+
+    Without `write_masks` only the CSV is written (a classification-only pass).
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     file_ending = predictor.dataset_json["file_ending"]
     for case_id, image in images:
-        probs = predictor.predict_case(image, os.fspath(output_dir / case_id))
+        probs = predictor.predict_case(
+            image, os.fspath(output_dir / case_id) if write_masks else None
+        )
         rows.append(
             {
                 "Names": f"{case_id}{file_ending}",

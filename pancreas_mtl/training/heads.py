@@ -61,6 +61,34 @@ def region_weights(
     return torch.cat([lesion, rim, parenchyma], 1)
 
 
+class RunningStandardizer(nn.Module):
+    """Standardise features with running statistics, in training as in evaluation.
+
+    Batch statistics of two patches are useless, yet descriptor entries differ by orders of
+    magnitude (a lesion's intensity spread against its mean); the running mean and variance are
+    buffers, so a checkpoint carries them to inference.
+    """
+
+    def __init__(self, n_features: int, momentum: float = 0.01, eps: float = 1e-5):
+        super().__init__()
+        self.momentum = momentum
+        self.eps = eps
+        self.register_buffer("running_mean", torch.zeros(n_features))
+        self.register_buffer("running_var", torch.ones(n_features))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """Fold a batch (B, F) into the running statistics (a plain average for the first batches)."""
+        self.num_updates += 1
+        rate = max(1.0 / float(self.num_updates), self.momentum)
+        self.running_mean.lerp_(x.mean(0), rate)
+        self.running_var.lerp_(((x - self.running_mean) ** 2).mean(0), rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.running_mean) / (self.running_var + self.eps).sqrt()
+
+
 class LesionPoolingHead(nn.Module):
     """Subtype from lesion-restricted statistics of the input and shallow encoder stages.
 
@@ -84,8 +112,8 @@ class LesionPoolingHead(nn.Module):
         self.stages = tuple(int(s) for s in stages)
         self.channels = [int(stage_channels[s + 1]) for s in self.stages]
         n_in = 5 * sum(self.channels)
+        self.standardize = RunningStandardizer(n_in)
         self.classifier = nn.Sequential(
-            nn.LayerNorm(n_in),
             nn.Linear(n_in, hidden),
             nn.LeakyReLU(inplace=True),
             nn.Dropout(dropout),
@@ -129,8 +157,17 @@ class LesionPoolingHead(nn.Module):
             [lesion, (var[:, 0] + 1e-6).sqrt(), rim, parenchyma, lesion - parenchyma], -1
         )
 
+    def hidden_features(self, evidence: Evidence) -> torch.Tensor:
+        """Activations feeding the output layer: (B, hidden)."""
+        descriptor = self.describe(evidence)
+        if self.training:
+            with_lesion = self.lesion_voxels(evidence) >= 1
+            if with_lesion.any():
+                self.standardize.update(descriptor[with_lesion].detach())
+        return self.classifier[:-1](self.standardize(descriptor))
+
     def classify(self, evidence: Evidence) -> torch.Tensor:
-        return self.classifier(self.describe(evidence))
+        return self.classifier[-1](self.hidden_features(evidence))
 
     @staticmethod
     def lesion_voxels(evidence: Evidence) -> torch.Tensor:
@@ -179,10 +216,13 @@ class AttentionFusionHead(nn.Module):
         lesion_total = lesion.float().flatten(1).sum(-1, keepdim=True)
         return {"sum": torch.cat(sums, -1), "weight": torch.cat([lesion_total, *totals], -1)}
 
-    def classify(self, evidence: Evidence, eps: float = 1e-3) -> torch.Tensor:
+    def hidden_features(self, evidence: Evidence, eps: float = 1e-3) -> torch.Tensor:
         widths = torch.tensor(self.channels, device=evidence["weight"].device)
         weight = torch.repeat_interleave(evidence["weight"][:, 1:], widths, dim=-1)
-        return self.classifier(evidence["sum"] / (weight + eps))
+        return self.classifier[:-1](evidence["sum"] / (weight + eps))
+
+    def classify(self, evidence: Evidence) -> torch.Tensor:
+        return self.classifier[-1](self.hidden_features(evidence))
 
     @staticmethod
     def lesion_voxels(evidence: Evidence) -> torch.Tensor:
@@ -244,15 +284,19 @@ class MultiTaskUNet(nn.Module):
         evidence.update({f"soft_{k}": v for k, v in soft.items()})
         return seg, evidence
 
-    def classify(self, evidence: Evidence) -> torch.Tensor:
-        """Subtype logits from (summed) evidence, falling back to soft regions per case."""
+    def hidden_features(self, evidence: Evidence) -> torch.Tensor:
+        """The head's last hidden layer from (summed) evidence, soft regions where nothing is hard."""
         hard = {k: v for k, v in evidence.items() if not k.startswith("soft_")}
-        logits = self.head.classify(hard)
+        features = self.head.hidden_features(hard)
         soft = {k[5:]: v for k, v in evidence.items() if k.startswith("soft_")}
         if soft:
             use_hard = self.head.lesion_voxels(hard) >= 1
-            logits = torch.where(use_hard[:, None], logits, self.head.classify(soft))
-        return logits
+            features = torch.where(use_hard[:, None], features, self.head.hidden_features(soft))
+        return features
+
+    def classify(self, evidence: Evidence) -> torch.Tensor:
+        """Subtype logits from (summed) evidence."""
+        return self.head.classifier[-1](self.hidden_features(evidence))
 
 
 def stage_channels(unet: nn.Module, num_input_channels: int) -> list[int]:

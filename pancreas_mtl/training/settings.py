@@ -26,12 +26,16 @@ class TrainerSettings:
     cls_warmup_epochs: int = 15
     cls_ramp_epochs: int = 15
     head_lr_multiplier: float = 4.0
+    head_momentum: float = 0.9
     class_weighting: str = "balanced"
+    intensity_augmentation: float = 0.5
     early_stopping_patience: int = 100
     early_stopping_min_delta: float = 0.0
     score_seg_weight: float = 0.5
     checkpoint_every: int = 5
     restore_best: bool = True
+    case_level_refit: bool = True
+    refit_c: float = 1.0
     unpredicted_warning_epochs: int = 5
     case_validation_every: int = 1
     subtype_table: str | None = None
@@ -77,11 +81,14 @@ def settings_from_config(train: dict) -> dict:
         "cls_warmup_epochs": train["cls_warmup_epochs"],
         "cls_ramp_epochs": train["cls_ramp_epochs"],
         "head_lr_multiplier": train["head_lr_multiplier"],
+        "head_momentum": train["head_momentum"],
         "class_weighting": train["class_weighting"],
+        "intensity_augmentation": train["intensity_augmentation"],
         "early_stopping_patience": stopping.get("patience", 100),
         "early_stopping_min_delta": stopping.get("min_delta", 0.0),
         "score_seg_weight": stopping.get("seg_weight", 0.5),
         "restore_best": stopping.get("restore_best", True),
+        "case_level_refit": train["case_level_refit"],
         "checkpoint_every": train["checkpoint_every"],
     }
     return TrainerSettings.from_dict(values).to_dict()

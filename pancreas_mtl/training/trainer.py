@@ -128,6 +128,39 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
         head = HEADS[cls.head_name](stage_channels(unet, num_input_channels))
         return MultiTaskUNet(unet, head, num_output_channels)
 
+    def get_training_transforms(self, *args, **kwargs):
+        """nnU-Net's augmentation, with intensity transforms applied less often.
+
+        Brightness, contrast, gamma, noise, blur and low-resolution simulation alter exactly what
+        tells subtypes apart (lesion density, texture, margin sharpness); their probabilities are
+        scaled by `intensity_augmentation` (1 keeps nnU-Net's, 0 drops them).
+        """
+        from batchgeneratorsv2.transforms.intensity.brightness import (
+            MultiplicativeBrightnessTransform,
+        )
+        from batchgeneratorsv2.transforms.intensity.contrast import ContrastTransform
+        from batchgeneratorsv2.transforms.intensity.gamma import GammaTransform
+        from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform
+        from batchgeneratorsv2.transforms.noise.gaussian_blur import GaussianBlurTransform
+        from batchgeneratorsv2.transforms.spatial.low_resolution import (
+            SimulateLowResolutionTransform,
+        )
+        from batchgeneratorsv2.transforms.utils.random import RandomTransform
+
+        intensity = (
+            MultiplicativeBrightnessTransform,
+            ContrastTransform,
+            GammaTransform,
+            GaussianNoiseTransform,
+            GaussianBlurTransform,
+            SimulateLowResolutionTransform,
+        )
+        transforms = nnUNetTrainer.get_training_transforms(*args, **kwargs)
+        for t in transforms.transforms:
+            if isinstance(t, RandomTransform) and isinstance(t.transform, intensity):
+                t.apply_probability *= self.settings.intensity_augmentation
+        return transforms
+
     @property
     def _model(self) -> MultiTaskUNet:
         mod = self.network.module if self.is_ddp else self.network
@@ -140,7 +173,12 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
         optimizer = torch.optim.SGD(
             [
                 {"params": backbone, "lr": self.initial_lr},
-                {"params": head, "lr": self.initial_lr * self.settings.head_lr_multiplier},
+                # plain momentum for the small head: nnU-Net's 0.99 makes its decision boundary swing
+                {
+                    "params": head,
+                    "lr": self.initial_lr * self.settings.head_lr_multiplier,
+                    "momentum": self.settings.head_momentum,
+                },
             ],
             self.initial_lr,
             weight_decay=self.weight_decay,
@@ -332,7 +370,59 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
             weights = torch.load(best, map_location=self.device, weights_only=False)["network_weights"]
             self._model.load_state_dict(weights)
             self.print_to_log_file("Final checkpoint holds the weights of the best-scoring epoch")
+        if self.settings.case_level_refit:
+            self.refit_output_layer()
         super().on_train_end()
+
+    def case_hidden_features(self, keys: list[str]) -> np.ndarray:
+        """Head activations per whole case, with the network's own predicted regions."""
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, keys)
+        self.network.eval()
+        self.set_deep_supervision_enabled(False)
+        features = []
+        try:
+            with torch.no_grad():
+                for key in keys:
+                    data = dataset.load_case(key)[0]
+                    _, evidence = predict_case(
+                        self._model, data, self.configuration_manager.patch_size, self.device
+                    )
+                    features.append(self._model.hidden_features(evidence)[0].float().cpu().numpy())
+        finally:
+            self.set_deep_supervision_enabled(self.enable_deep_supervision)
+        return np.stack(features)
+
+    def refit_output_layer(self) -> None:
+        """Refit the head's output layer on whole training cases, as they are seen at inference.
+
+        Patches are classified during training; inference pools whole volumes over predicted
+        regions. A class-weighted logistic regression on the case-level activations of the
+        training split aligns the two.
+        """
+        from sklearn.linear_model import LogisticRegression
+
+        tr_keys = [k for k in self.do_split()[0] if k in self.subtype_of]
+        labels = np.array([self.subtype_of[k] for k in tr_keys])
+        if len(np.unique(labels)) < NUM_SUBTYPES:
+            self.print_to_log_file("case-level refit skipped: a subtype is missing from training")
+            return
+        before = self.evaluate_validation_cases()
+        weights = class_weights(list(labels), self.settings.class_weighting)
+        model = LogisticRegression(
+            C=self.settings.refit_c, class_weight=dict(enumerate(weights)), max_iter=5000
+        ).fit(self.case_hidden_features(tr_keys), labels)
+        output = self._model.head.classifier[-1]
+        with torch.no_grad():
+            output.weight.copy_(torch.as_tensor(model.coef_, dtype=output.weight.dtype))
+            output.bias.copy_(torch.as_tensor(model.intercept_, dtype=output.bias.dtype))
+        after = self.evaluate_validation_cases()
+        self.print_to_log_file(
+            f"case-level refit of the output layer on {len(tr_keys)} training cases: "
+            f"validation macro-F1 {before['macro_f1']:.4f} -> {after['macro_f1']:.4f}, "
+            f"predictions per subtype {before['pred_counts']} -> {after['pred_counts']}"
+        )
+        with open(join(self.output_folder, "case_level_refit.json"), "w") as f:
+            json.dump({"before": before, "after": after, "n_train": len(tr_keys)}, f, indent=1)
 
 
 class nnUNetTrainerMultiTaskAttention(nnUNetTrainerMultiTask):

@@ -9,7 +9,6 @@ from pancreas_mtl.naming import (
     trainer_name,
 )
 
-
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 RESULTS = config["results_dir"]

@@ -6,9 +6,6 @@ rule ingest_cohort:
         raw=directory(RAW),
         subtypes=f"{RESULTS}/dataset/subtypes.csv",
         label_fix_report=f"{RESULTS}/dataset/label_fix_report.csv",
-    params:
-        dataset_name=config["dataset"]["name"],
-        label_tolerance=config["ingest"]["label_tolerance"],
     log:
         f"{RESULTS}/logs/ingest_cohort/ingest_cohort.log",
     benchmark:
@@ -19,6 +16,9 @@ rule ingest_cohort:
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        dataset_name=config["dataset"]["name"],
+        label_tolerance=config["ingest"]["label_tolerance"],
     script:
         "../scripts/ingest_cohort.py"
 
@@ -28,8 +28,6 @@ rule write_splits:
         subtypes=rules.ingest_cohort.output.subtypes,
     output:
         splits=f"{RESULTS}/dataset/splits_final.json",
-    params:
-        **config["splits"],
     log:
         f"{RESULTS}/logs/write_splits/write_splits.log",
     conda:
@@ -37,6 +35,8 @@ rule write_splits:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        **config["splits"],
     script:
         "../scripts/write_splits.py"
 

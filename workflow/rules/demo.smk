@@ -1,8 +1,6 @@
 rule make_demo_cohort:
     output:
         directory(f"{RESULTS}/demo/cohort"),
-    params:
-        **config["demo"],
     log:
         f"{RESULTS}/logs/make_demo_cohort/make_demo_cohort.log",
     conda:
@@ -11,5 +9,7 @@ rule make_demo_cohort:
     resources:
         mem_mb=2000,
         runtime=30,
+    params:
+        **config["demo"],
     script:
         "../scripts/make_demo_cohort.py"

@@ -31,13 +31,17 @@ rule evaluate_validation:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        output_dir=f"{RESULTS}/metrics",
     script:
         "../scripts/evaluate_validation.py"
 
 
 rule plot_training:
     input:
-        monitors=expand(f"{MODEL}/fold_{{fold}}/classification_monitor.json", fold=FOLDS),
+        monitors=expand(
+            f"{MODEL}/fold_{{fold}}/classification_monitor.json", fold=FOLDS
+        ),
     output:
         curves=report(
             f"{RESULTS}/metrics/training_curves.png",
@@ -49,8 +53,6 @@ rule plot_training:
             caption="../report/prediction_counts.rst",
             category="Training",
         ),
-    params:
-        folds=FOLDS,
     log:
         f"{RESULTS}/logs/plot_training/plot_training.log",
     conda:
@@ -58,6 +60,8 @@ rule plot_training:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        folds=FOLDS,
     script:
         "../scripts/plot_training.py"
 

@@ -5,19 +5,12 @@ rule predict_split:
         subtypes=rules.ingest_cohort.output.subtypes,
     output:
         directory(f"{RESULTS}/predictions/{{split}}"),
-    wildcard_constraints:
-        split="validation|test",
-    params:
-        model=MODEL,
-        folds=FOLDS,
-        checkpoint=config["predict"]["checkpoint"],
-        device=config["train"]["device"],
-        tta=config["predict"]["tta"],
-        step_size=config["predict"]["step_size"],
     log:
         f"{RESULTS}/logs/predict_split/{{split}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/predict_split/{{split}}.tsv"
+    wildcard_constraints:
+        split="validation|test",
     conda:
         ENV_NNUNET
     threads: config["threads"]
@@ -25,6 +18,13 @@ rule predict_split:
         gpu=1,
         mem_mb=16000,
         runtime=240,
+    params:
+        model=MODEL,
+        folds=FOLDS,
+        checkpoint=config["predict"]["checkpoint"],
+        device=config["train"]["device"],
+        tta=config["predict"]["tta"],
+        step_size=config["predict"]["step_size"],
     script:
         "../scripts/predict_split.py"
 

@@ -8,12 +8,6 @@ rule plan_and_preprocess:
         data=directory(f"{PRE}/{PLANS}_{CONFIGURATION}"),
         splits=f"{PRE}/splits_final.json",
         subtypes=f"{PRE}/subtypes.csv",
-    params:
-        dataset_id=config["dataset"]["id"],
-        planner=config["plan"]["planner"],
-        configuration=CONFIGURATION,
-        custom_configuration=config["plan"]["custom_configuration"],
-        nnunet_paths=NNUNET_PATHS,
     log:
         f"{RESULTS}/logs/plan_and_preprocess/plan_and_preprocess.log",
     benchmark:
@@ -24,6 +18,12 @@ rule plan_and_preprocess:
     resources:
         mem_mb=16000,
         runtime=240,
+    params:
+        dataset_id=config["dataset"]["id"],
+        planner=config["plan"]["planner"],
+        configuration=CONFIGURATION,
+        custom_configuration=config["plan"]["custom_configuration"],
+        nnunet_paths=NNUNET_PATHS,
     script:
         "../scripts/plan_and_preprocess.py"
 

@@ -13,14 +13,6 @@ rule train_fold:
             category="Training",
             subcategory="fold {fold}",
         ),
-    params:
-        dataset_id=config["dataset"]["id"],
-        configuration=CONFIGURATION,
-        plans_identifier=PLANS,
-        head=config["train"]["head"],
-        device=config["train"]["device"],
-        train=config["train"],
-        nnunet_paths=NNUNET_PATHS,
     log:
         f"{RESULTS}/logs/train_fold/fold_{{fold}}.log",
     benchmark:
@@ -32,6 +24,14 @@ rule train_fold:
         gpu=1,
         mem_mb=16000,
         runtime=1440,
+    params:
+        dataset_id=config["dataset"]["id"],
+        configuration=CONFIGURATION,
+        plans_identifier=PLANS,
+        head=config["train"]["head"],
+        device=config["train"]["device"],
+        train=config["train"],
+        nnunet_paths=NNUNET_PATHS,
     script:
         "../scripts/train_fold.py"
 

@@ -1,15 +1,17 @@
 from pancreas_mtl.logs import log_to_file
 
-log_to_file(snakemake.log[0])
+# nnU-Net starts worker processes with "spawn", which re-imports this module
+if __name__ == "__main__":
+    log_to_file(snakemake.log[0])
 
-from pancreas_mtl.cohort import write_raw_dataset
+    from pancreas_mtl.cohort import write_raw_dataset
 
-write_raw_dataset(
-    snakemake.input.cohort,
-    snakemake.output.raw,
-    subtype_table=snakemake.output.subtypes,
-    label_fix_report=snakemake.output.label_fix_report,
-    dataset_name=snakemake.params.dataset_name,
-    label_tolerance=snakemake.params.label_tolerance,
-    workers=snakemake.threads,
-)
+    write_raw_dataset(
+        snakemake.input.cohort,
+        snakemake.output.raw,
+        subtype_table=snakemake.output.subtypes,
+        label_fix_report=snakemake.output.label_fix_report,
+        dataset_name=snakemake.params.dataset_name,
+        label_tolerance=snakemake.params.label_tolerance,
+        workers=snakemake.threads,
+    )

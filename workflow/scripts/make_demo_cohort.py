@@ -1,14 +1,16 @@
 from pancreas_mtl.logs import log_to_file
 
-log_to_file(snakemake.log[0])
+# nnU-Net starts worker processes with "spawn", which re-imports this module
+if __name__ == "__main__":
+    log_to_file(snakemake.log[0])
 
-from pancreas_mtl.demo import make_demo_cohort
+    from pancreas_mtl.demo import make_demo_cohort
 
-make_demo_cohort(
-    snakemake.output[0],
-    n_train=snakemake.params.n_train,
-    n_validation=snakemake.params.n_validation,
-    n_test=snakemake.params.n_test,
-    seed=snakemake.params.seed,
-    workers=snakemake.threads,
-)
+    make_demo_cohort(
+        snakemake.output[0],
+        n_train=snakemake.params.n_train,
+        n_validation=snakemake.params.n_validation,
+        n_test=snakemake.params.n_test,
+        seed=snakemake.params.seed,
+        workers=snakemake.threads,
+    )

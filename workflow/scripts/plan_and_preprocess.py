@@ -1,16 +1,18 @@
 from pancreas_mtl.logs import log_to_file, set_nnunet_paths
 
-log_to_file(snakemake.log[0])
-set_nnunet_paths(**snakemake.params.nnunet_paths)
+# nnU-Net starts worker processes with "spawn", which re-imports this module
+if __name__ == "__main__":
+    log_to_file(snakemake.log[0])
+    set_nnunet_paths(**snakemake.params.nnunet_paths)
 
-from pancreas_mtl.planning import plan_and_preprocess
+    from pancreas_mtl.planning import plan_and_preprocess
 
-plan_and_preprocess(
-    snakemake.params.dataset_id,
-    snakemake.params.planner,
-    snakemake.params.configuration,
-    snakemake.params.custom_configuration,
-    num_processes=snakemake.threads,
-    splits_file=snakemake.input.splits,
-    subtype_table=snakemake.input.subtypes,
-)
+    plan_and_preprocess(
+        snakemake.params.dataset_id,
+        snakemake.params.planner,
+        snakemake.params.configuration,
+        snakemake.params.custom_configuration,
+        num_processes=snakemake.threads,
+        splits_file=snakemake.input.splits,
+        subtype_table=snakemake.input.subtypes,
+    )

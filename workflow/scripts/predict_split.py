@@ -1,19 +1,21 @@
 from pancreas_mtl.logs import log_to_file
 
-log_to_file(snakemake.log[0])
+# nnU-Net starts worker processes with "spawn", which re-imports this module
+if __name__ == "__main__":
+    log_to_file(snakemake.log[0])
 
-from pancreas_mtl.inference.predictor import predict_split
+    from pancreas_mtl.inference.predictor import predict_split
 
-predict_split(
-    snakemake.params.model,
-    snakemake.params.folds,
-    snakemake.input.raw,
-    snakemake.input.subtypes,
-    snakemake.wildcards.split,
-    snakemake.output[0],
-    checkpoint=snakemake.params.checkpoint,
-    device=snakemake.params.device,
-    tta=snakemake.params.tta,
-    step_size=snakemake.params.step_size,
-    threads=snakemake.threads,
-)
+    predict_split(
+        snakemake.params.model,
+        snakemake.params.folds,
+        snakemake.input.raw,
+        snakemake.input.subtypes,
+        snakemake.wildcards.split,
+        snakemake.output[0],
+        checkpoint=snakemake.params.checkpoint,
+        device=snakemake.params.device,
+        tta=snakemake.params.tta,
+        step_size=snakemake.params.step_size,
+        threads=snakemake.threads,
+    )

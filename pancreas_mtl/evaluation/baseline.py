@@ -1,0 +1,246 @@
+"""Baseline subtype classifiers on nine hand-made lesion features, to compare with the learned head.
+
+A logistic regression and a random forest are fitted on features of the training cases' reference masks
+and scored on the validation cases twice: with the predicted masks (what the learned head sees at test
+time) and with the reference masks (an oracle segmentation, for reference).
+
+Empty-mask convention, so that every feature is finite: a case without lesion voxels gets the
+parenchyma mean as its lesion mean, hence zero contrasts, and zero std, volume, fill and components.
+A case without parenchyma voxels gets the lesion mean as its parenchyma mean (zero contrast); with
+neither, every feature is 0. An edge or core contrast whose shell or eroded core is empty is 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from ..nnunet_dataset import read_subtype_table
+from .metrics import MASK_SUFFIX, SUBTYPE_LABELS, classification_metrics, load_label_map
+
+log = logging.getLogger(__name__)
+
+PARENCHYMA, LESION = 1, 2
+FEATURES = (
+    "lesion_mean_hu",
+    "lesion_std_hu",
+    "lesion_volume_ml",
+    "parenchyma_mean_hu",
+    "lesion_contrast_hu",
+    "edge_contrast_hu",
+    "core_contrast_hu",
+    "lesion_bbox_fill",
+    "lesion_components",
+)
+MODELS = ("logistic_regression", "random_forest")
+
+
+def _mean(values: np.ndarray) -> float | None:
+    return float(values.mean(dtype=np.float64)) if values.size else None
+
+
+def lesion_features(image: np.ndarray, labels: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
+    """Nine features of the lesion (label 2) and parenchyma (label 1) of one CT image in HU.
+
+    - lesion_mean_hu, lesion_std_hu: attenuation and its spread (population std) over lesion voxels;
+    - lesion_volume_ml: lesion voxel count times the voxel volume from `spacing` (mm);
+    - parenchyma_mean_hu and lesion_contrast_hu = lesion mean - parenchyma mean;
+    - edge_contrast_hu: mean of the 1-voxel shell just outside the lesion (6-connected dilation, any label)
+      minus the lesion mean;
+    - core_contrast_hu: mean of the lesion eroded by one voxel minus the mean of the voxels that erosion
+      removes; large for sharp margins around a homogeneous lesion, small for blurred ones;
+    - lesion_bbox_fill: lesion voxels / voxels of the lesion's bounding box (1 for a box, ~0.52 for a ball);
+    - lesion_components: number of 6-connected lesion components.
+
+    Empty masks follow the module's convention, so every value is finite.
+    """
+    image, labels = np.asarray(image), np.asarray(labels)
+    if image.shape != labels.shape:
+        raise ValueError(f"image shape {image.shape} differs from label shape {labels.shape}")
+    if len(spacing) < labels.ndim:
+        raise ValueError(f"spacing {tuple(spacing)} has fewer than {labels.ndim} entries")
+    lesion = labels == LESION
+    lesion_mean = _mean(image[lesion])
+    parenchyma_mean = _mean(image[labels == PARENCHYMA])
+    if lesion_mean is None and parenchyma_mean is None:
+        return dict.fromkeys(FEATURES, 0.0)
+    if parenchyma_mean is None:
+        parenchyma_mean = lesion_mean
+    if lesion_mean is None:
+        return {
+            **dict.fromkeys(FEATURES, 0.0),
+            "lesion_mean_hu": parenchyma_mean,
+            "parenchyma_mean_hu": parenchyma_mean,
+        }
+
+    # Work on the lesion's bounding box plus a 2-voxel margin: the shell and erosion stay inside it, and
+    # clipping at the image border behaves like the border itself (nothing outside the image counts).
+    box = ndimage.find_objects(lesion.astype(np.int8))[0]
+    box_voxels = int(np.prod([s.stop - s.start for s in box]))
+    crop = tuple(slice(max(s.start - 2, 0), min(s.stop + 2, n)) for s, n in zip(box, labels.shape))
+    lesion_crop, image_crop = lesion[crop], image[crop]
+    shell = ndimage.binary_dilation(lesion_crop) & ~lesion_crop
+    core = ndimage.binary_erosion(lesion_crop)
+    boundary = lesion_crop & ~core
+    shell_mean, core_mean = _mean(image_crop[shell]), _mean(image_crop[core])
+    n_voxels = int(lesion.sum())
+    return {
+        "lesion_mean_hu": lesion_mean,
+        "lesion_std_hu": float(image[lesion].std(dtype=np.float64)),
+        "lesion_volume_ml": n_voxels * float(np.prod(spacing[: labels.ndim])) / 1000.0,
+        "parenchyma_mean_hu": parenchyma_mean,
+        "lesion_contrast_hu": lesion_mean - parenchyma_mean,
+        "edge_contrast_hu": 0.0 if shell_mean is None else shell_mean - lesion_mean,
+        "core_contrast_hu": 0.0 if core_mean is None else core_mean - _mean(image_crop[boundary]),
+        "lesion_bbox_fill": n_voxels / box_voxels,
+        "lesion_components": float(ndimage.label(lesion_crop)[1]),
+    }
+
+
+def cohort_features(cases: Iterable[tuple[str, str | os.PathLike, str | os.PathLike]]) -> pd.DataFrame:
+    """Feature table (one row per ``(case_id, image_path, mask_path)``, indexed by case_id) of NIfTI files.
+
+    Spacing is the image header's zooms; masks are rounded to integer labels.
+    """
+    import nibabel as nib
+
+    rows = {}
+    for case_id, image_path, mask_path in cases:
+        image = nib.load(os.fspath(image_path))
+        try:
+            rows[str(case_id)] = lesion_features(
+                image.get_fdata(dtype=np.float32), load_label_map(mask_path), image.header.get_zooms()
+            )
+        except ValueError as err:
+            raise ValueError(f"case {case_id}: {image_path} with {mask_path}: {err}") from err
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=list(FEATURES))
+    table.index.name = "case_id"
+    return table
+
+
+def _fit_models(features: pd.DataFrame, labels: Sequence[int], seed: int) -> dict:
+    labels = np.asarray(labels, dtype=int)
+    if np.unique(labels).size < 2:
+        raise ValueError(f"training cases hold only subtype(s) {sorted(set(labels.tolist()))}")
+    models = {
+        "logistic_regression": make_pipeline(
+            StandardScaler(),
+            LogisticRegression(max_iter=5000, class_weight="balanced", random_state=seed),
+        ),
+        "random_forest": RandomForestClassifier(
+            n_estimators=300, class_weight="balanced", random_state=seed, n_jobs=1
+        ),
+    }
+    for model in models.values():
+        model.fit(np.asarray(features, dtype=np.float64), labels)
+    return models
+
+
+def _score_models(models: dict, features: pd.DataFrame, labels: Sequence[int]) -> dict:
+    """Classification metrics (as for the learned head) and per-case predictions of every model."""
+    features = pd.DataFrame(features)
+    results = {}
+    for name, model in models.items():
+        predicted = model.predict(np.asarray(features, dtype=np.float64)).astype(int)
+        metrics = classification_metrics(np.asarray(labels, dtype=int), predicted, SUBTYPE_LABELS)
+        metrics["predictions"] = {str(c): int(p) for c, p in zip(features.index, predicted)}
+        results[name] = metrics
+    return results
+
+
+def fit_and_evaluate(
+    train_features: pd.DataFrame,
+    train_labels: Sequence[int],
+    test_features: pd.DataFrame,
+    test_labels: Sequence[int],
+    seed: int = 0,
+) -> dict:
+    """Fit the logistic regression (standardised features) and the random forest, score on the test cases.
+
+    Returns ``{model: {macro_f1, balanced_accuracy, accuracy, per_class, confusion_matrix, predictions}}``
+    with the confusion matrix's rows the true subtype and `predictions` keyed by the test features' index.
+    """
+    return _score_models(_fit_models(train_features, train_labels, seed), test_features, test_labels)
+
+
+def _split_cases(table: pd.DataFrame, split: str) -> pd.DataFrame:
+    cases = table[table["split"] == split].sort_values("case_id", kind="stable")
+    if cases.empty:
+        raise ValueError(f"no {split} cases in the subtype table")
+    if cases["subtype"].isna().any():
+        unlabelled = cases.loc[cases["subtype"].isna(), "case_id"].tolist()
+        raise ValueError(f"{split} case(s) without subtype: {unlabelled}")
+    return cases
+
+
+def run_baseline(
+    raw_dataset_dir: str | os.PathLike,
+    subtype_table: str | os.PathLike,
+    prediction_dir: str | os.PathLike,
+    output_json: str | os.PathLike,
+    seed: int = 0,
+) -> dict:
+    """Fit on the training split's reference masks; score validation on predicted and reference masks.
+
+    Images are ``imagesTr/<case>_0000.nii.gz`` and reference masks ``labelsTr/<case>.nii.gz`` of the
+    nnU-Net raw dataset; predicted masks are ``<case>.nii.gz`` in `prediction_dir`. Writes `output_json`
+    and returns ``{model: {"predicted_masks": metrics, "reference_masks": metrics}, "n_train",
+    "n_validation", "features", "seed"}``, metrics as in `fit_and_evaluate`.
+    """
+    raw, prediction_dir = Path(raw_dataset_dir), Path(prediction_dir)
+    table = read_subtype_table(subtype_table)
+    train, validation = _split_cases(table, "train"), _split_cases(table, "validation")
+
+    def image(case_id):
+        return raw / "imagesTr" / f"{case_id}_0000.nii.gz"
+
+    def reference(case_id):
+        return raw / "labelsTr" / f"{case_id}{MASK_SUFFIX}"
+
+    missing = [
+        str(prediction_dir / f"{c}{MASK_SUFFIX}")
+        for c in validation["case_id"]
+        if not (prediction_dir / f"{c}{MASK_SUFFIX}").is_file()
+    ]
+    if missing:
+        raise ValueError(f"predicted mask(s) not found: {missing}")
+
+    train_features = cohort_features((c, image(c), reference(c)) for c in train["case_id"])
+    log.info("training features of %d cases:\n%s", len(train_features), train_features.to_string())
+    models = _fit_models(train_features, train["subtype"].to_numpy(dtype=int), seed)
+
+    y_validation = validation["subtype"].to_numpy(dtype=int)
+    results = {name: {} for name in MODELS}
+    for masks, mask_path in (
+        ("predicted_masks", lambda c: prediction_dir / f"{c}{MASK_SUFFIX}"),
+        ("reference_masks", reference),
+    ):
+        features = cohort_features((c, image(c), mask_path(c)) for c in validation["case_id"])
+        log.info("validation features with %s:\n%s", masks.replace("_", " "), features.to_string())
+        for name, metrics in _score_models(models, features, y_validation).items():
+            results[name][masks] = metrics
+            log.info("%s on %s: macro-F1 %.3f", name, masks.replace("_", " "), metrics["macro_f1"])
+
+    summary = {
+        **results,
+        "n_train": len(train),
+        "n_validation": len(validation),
+        "features": list(FEATURES),
+        "seed": seed,
+    }
+    output_json = Path(output_json)
+    output_json.parent.mkdir(parents=True, exist_ok=True)
+    # allow_nan=False: JSON has no NaN, and every metric here is defined.
+    output_json.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    return summary

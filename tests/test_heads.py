@@ -1,0 +1,375 @@
+"""Subtype heads and the multi-task wrapper, on a tiny real nnU-Net PlainConvUNet."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from dynamic_network_architectures.architectures.unet import PlainConvUNet
+from scipy.ndimage import binary_dilation
+from torch import nn
+
+from pancreas_mtl.training.heads import (
+    NUM_SUBTYPES,
+    AttentionFusionHead,
+    LesionPoolingHead,
+    MultiTaskUNet,
+    RunningStandardizer,
+    add_evidence,
+    region_weights,
+    resize_weights,
+    stage_channels,
+    weighted_moments,
+)
+
+SHAPE = (8, 16, 16)
+FEATURES = [4, 8, 16]
+
+
+def make_unet(num_classes: int = 3, deep_supervision: bool = False, seed: int = 0) -> PlainConvUNet:
+    torch.manual_seed(seed)
+    return PlainConvUNet(
+        input_channels=1,
+        n_stages=3,
+        features_per_stage=FEATURES,
+        conv_op=nn.Conv3d,
+        kernel_sizes=3,
+        strides=[1, 2, 2],
+        n_conv_per_stage=2,
+        num_classes=num_classes,
+        n_conv_per_stage_decoder=[2, 2],
+        conv_bias=True,
+        norm_op=nn.InstanceNorm3d,
+        norm_op_kwargs={"eps": 1e-5, "affine": True},
+        nonlin=nn.LeakyReLU,
+        nonlin_kwargs={"inplace": True},
+        deep_supervision=deep_supervision,
+    )
+
+
+def make_multitask(num_classes: int = 3, deep_supervision: bool = False, head_cls=LesionPoolingHead):
+    unet = make_unet(num_classes, deep_supervision)
+    head = head_cls(stage_channels(unet, 1))
+    return MultiTaskUNet(unet, head, num_classes).eval()
+
+
+def image(batch: int = 2, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((batch, 1, *SHAPE), generator=g)
+
+
+def masks(batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pancreas block with a lesion inside, two voxels clear of the mid-planes of every axis."""
+    whole = torch.zeros((batch, 1, *SHAPE))
+    lesion = torch.zeros((batch, 1, *SHAPE))
+    whole[:, :, 0:4, 2:7, 1:7] = 1
+    lesion[:, :, 1:3, 3:6, 2:5] = 1
+    return whole, lesion
+
+
+def test_stage_channels_lists_input_then_encoder_stages():
+    assert stage_channels(make_unet(), 1) == [1, 4, 8, 16]
+    assert stage_channels(make_unet(), 2) == [2, 4, 8, 16]
+
+
+def test_weighted_moments_matches_hand_sums():
+    features = torch.tensor([[[1.0, 2.0, 3.0], [10.0, 20.0, 30.0]]])  # (B=1, C=2, n=3)
+    weights = torch.tensor([[[1.0, 0.0, 1.0], [0.5, 0.5, 0.0]]])  # (B=1, R=2, n=3)
+    s1, s2, total = weighted_moments(features, weights)
+    assert s1.shape == (1, 2, 2) and s2.shape == (1, 2, 2) and total.shape == (1, 2, 1)
+    torch.testing.assert_close(s1[0], torch.tensor([[4.0, 40.0], [1.5, 15.0]]))
+    torch.testing.assert_close(s2[0], torch.tensor([[10.0, 1000.0], [2.5, 250.0]]))
+    torch.testing.assert_close(total[0, :, 0], torch.tensor([2.0, 1.0]))
+
+
+def test_region_weights_lesion_rim_and_parenchyma():
+    whole, lesion = masks(1)
+    weights = region_weights(whole, lesion)
+    assert weights.shape == (1, 3, *SHAPE)
+    les = lesion[0, 0].numpy().astype(bool)
+    rim = binary_dilation(les, structure=np.ones((3, 3, 3))) & ~les
+    np.testing.assert_array_equal(weights[0, 0].numpy(), les)
+    np.testing.assert_array_equal(weights[0, 1].numpy(), rim)
+    np.testing.assert_array_equal(weights[0, 2].numpy(), whole[0, 0].numpy().astype(bool) & ~les)
+
+
+def test_resize_weights_averages_down_and_keeps_matching_size():
+    w = torch.zeros((1, 1, 2, 2, 2))
+    w[0, 0, 0, 0, 0] = 1.0
+    assert resize_weights(w, (2, 2, 2)) is w
+    torch.testing.assert_close(resize_weights(w, (1, 1, 1)), torch.full((1, 1, 1, 1, 1), 1 / 8))
+
+
+def test_add_evidence_sums_and_starts_from_a_copy():
+    b = {"sum": torch.tensor([1.0, 2.0]), "weight": torch.tensor([3.0])}
+    first = add_evidence(None, b)
+    first["sum"] += 100
+    torch.testing.assert_close(b["sum"], torch.tensor([1.0, 2.0]))
+    both = add_evidence({"sum": torch.tensor([1.0, 1.0]), "weight": torch.tensor([1.0])}, b)
+    torch.testing.assert_close(both["sum"], torch.tensor([2.0, 3.0]))
+    torch.testing.assert_close(both["weight"], torch.tensor([4.0]))
+
+
+def test_lesion_pooling_shapes():
+    net = make_multitask()
+    x = image()
+    whole, lesion = masks()
+    seg, evidence = net.forward_multitask(x, whole, lesion)
+    assert seg.shape == (2, 3, *SHAPE)
+    width = 1 + 4 + 8  # stages -1 (input), 0 and 1
+    assert evidence["sum"].shape == (2, 3, width)
+    assert evidence["sum_sq"].shape == (2, 3, width)
+    assert evidence["weight"].shape == (2, 3, 3)
+    assert net.head.describe(evidence).shape == (2, 5 * width)
+    assert net.head.classify(evidence).shape == (2, NUM_SUBTYPES)
+
+
+def test_lesion_statistics_of_the_input_stage_match_numpy():
+    net = make_multitask()
+    x = image()
+    whole, lesion = masks()
+    with torch.no_grad():
+        _, evidence = net.forward_multitask(x, whole, lesion)
+        descriptor = net.head.describe(evidence)
+    width = 1 + 4 + 8
+    xs = x[:, 0].numpy()
+    les = lesion[0, 0].numpy().astype(bool)
+    rim = binary_dilation(les, structure=np.ones((3, 3, 3))) & ~les
+    par = whole[0, 0].numpy().astype(bool) & ~les
+    for b in range(2):
+        lesion_mean = xs[b][les].mean()
+        # exact from the evidence; the descriptor's eps shifts it by about eps / voxels
+        torch.testing.assert_close(
+            evidence["sum"][b, 0, 0] / evidence["weight"][b, 0, 0],
+            torch.tensor(lesion_mean, dtype=torch.float32),
+        )
+        assert evidence["weight"][b, 0, 0].item() == les.sum()
+        np.testing.assert_allclose(descriptor[b, 0].item(), lesion_mean, rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(descriptor[b, width].item(), xs[b][les].std(), rtol=1e-2, atol=1e-3)
+        np.testing.assert_allclose(descriptor[b, 2 * width].item(), xs[b][rim].mean(), rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(descriptor[b, 3 * width].item(), xs[b][par].mean(), rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(
+            descriptor[b, 4 * width].item(), lesion_mean - xs[b][par].mean(), rtol=1e-3, atol=1e-4
+        )
+
+
+def test_empty_lesion_gives_zero_weight_and_a_finite_descriptor():
+    net = make_multitask()
+    x = image()
+    whole, lesion = masks()
+    lesion[0] = 0  # case 0 has no lesion, case 1 keeps its own
+    with torch.no_grad():
+        _, evidence = net.forward_multitask(x, whole, lesion)
+        descriptor = net.head.describe(evidence)
+        logits = net.head.classify(evidence)
+    assert torch.all(evidence["weight"][0, 0] == 0)  # lesion, every stage
+    assert torch.all(evidence["weight"][0, 1] == 0)  # no lesion, no rim
+    assert torch.all(evidence["sum"][0, 0] == 0)
+    assert torch.isfinite(descriptor).all()
+    assert torch.isfinite(logits).all()
+    torch.testing.assert_close(net.head.lesion_voxels(evidence), torch.tensor([0.0, float(lesion[1].sum())]))
+
+
+def test_empty_lesion_descriptor_has_finite_gradient():
+    head = LesionPoolingHead([1, 4, 8, 16], stages=(-1,))
+    x = image().requires_grad_(True)
+    whole, _ = masks()
+    evidence = head.pool(x, [], whole, torch.zeros_like(whole))
+    head.describe(evidence).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("axis,cut", [(2, 4), (3, 8), (4, 8)])
+def test_evidence_of_two_halves_adds_up_to_the_whole_volume(axis, cut):
+    head = LesionPoolingHead([1, 4, 8, 16], stages=(-1,))
+    x = image()
+    whole, lesion = masks()
+    voxel_weight = torch.rand((1, 1, *SHAPE), generator=torch.Generator().manual_seed(3)) + 0.5
+
+    def part(t, lo, hi):
+        index = [slice(None)] * t.ndim
+        index[axis] = slice(lo, hi)
+        return t[tuple(index)]
+
+    full = head.pool(x, [], whole, lesion, voxel_weight)
+    halves = None
+    for lo, hi in ((0, cut), (cut, x.shape[axis])):
+        ev = head.pool(part(x, lo, hi), [], part(whole, lo, hi), part(lesion, lo, hi), part(voxel_weight, lo, hi))
+        halves = add_evidence(halves, ev)
+    assert set(halves) == set(full)
+    for key in full:
+        torch.testing.assert_close(halves[key], full[key], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(head.describe(halves), head.describe(full), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_fusion_shapes_and_lesion_voxels():
+    torch.manual_seed(0)
+    net = make_multitask(head_cls=AttentionFusionHead)
+    assert net.head.stages == (0, 1, 2)
+    x = image()
+    whole, lesion = masks()
+    lesion[1] = 0
+    with torch.no_grad():
+        _, evidence = net.forward_multitask(x, whole, lesion)
+        logits = net.head.classify(evidence)
+    assert evidence["sum"].shape == (2, sum(FEATURES))
+    assert evidence["weight"].shape == (2, 1 + 3)
+    torch.testing.assert_close(net.head.lesion_voxels(evidence), torch.tensor([float(lesion[0].sum()), 0.0]))
+    assert logits.shape == (2, NUM_SUBTYPES) and torch.isfinite(logits).all()
+    with torch.no_grad():
+        _, weighted = net.forward_multitask(x, whole, lesion, torch.ones((1, 1, *SHAPE)))
+    for key in evidence:
+        torch.testing.assert_close(weighted[key], evidence[key])
+
+
+@pytest.mark.parametrize("deep_supervision", [False, True])
+def test_forward_equals_the_plain_unet_with_the_same_weights(deep_supervision):
+    plain = make_unet(deep_supervision=deep_supervision, seed=0).eval()
+    net = make_multitask(deep_supervision=deep_supervision)
+    # a freshly seeded wrapper differs until the plain weights are loaded
+    net.load_state_dict({**plain.state_dict(), **{f"head.{k}": v for k, v in net.head.state_dict().items()}})
+    x = image()
+    with torch.no_grad():
+        expected, got = plain(x), net(x)
+    if deep_supervision:
+        assert isinstance(got, (list, tuple)) and len(got) == len(expected) == 2
+        assert got[0].shape == (2, 3, *SHAPE)
+        for a, b in zip(got, expected):
+            assert torch.equal(a, b)
+    else:
+        assert got.shape == (2, 3, *SHAPE)
+        assert torch.equal(got, expected)
+
+
+def test_state_dict_is_the_plain_unet_plus_head_keys():
+    plain_keys = set(make_unet().state_dict())
+    keys = set(make_multitask().state_dict())
+    head_keys = keys - plain_keys
+    assert plain_keys <= keys
+    assert head_keys and all(k.startswith("head.") for k in head_keys)
+    assert not any(k.startswith("head.") for k in plain_keys)
+    # an nnU-Net checkpoint of the plain network loads, only the head is missing
+    missing, unexpected = make_multitask().load_state_dict(make_unet().state_dict(), strict=False)
+    assert set(missing) == head_keys and unexpected == []
+
+
+def test_region_probabilities_sigmoid_regions_and_softmax_labels():
+    logits = torch.randn((2, 2, 2, 3, 3), generator=torch.Generator().manual_seed(1))
+    regions = make_multitask(num_classes=2)
+    assert regions.regions
+    whole, lesion = regions.region_probabilities(logits)
+    torch.testing.assert_close(whole, torch.sigmoid(logits[:, 0:1]))
+    torch.testing.assert_close(lesion, torch.sigmoid(logits[:, 1:2]))
+
+    logits = torch.randn((2, 3, 2, 3, 3), generator=torch.Generator().manual_seed(2))
+    labels = make_multitask(num_classes=3)
+    assert not labels.regions
+    whole, lesion = labels.region_probabilities(logits)
+    p = torch.softmax(logits, 1)
+    assert whole.shape == lesion.shape == (2, 1, 2, 3, 3)
+    torch.testing.assert_close(whole, 1 - p[:, 0:1])
+    torch.testing.assert_close(lesion, p[:, 2:3])
+
+
+@pytest.mark.parametrize("deep_supervision", [False, True])
+def test_forward_multitask_without_regions_pools_hard_and_soft_predictions(deep_supervision):
+    net = make_multitask(deep_supervision=deep_supervision)
+    x = image()
+    with torch.no_grad():
+        seg, evidence = net.forward_multitask(x)
+        skips = net.encoder(x)
+        full = seg[0] if deep_supervision else seg
+        assert full.shape == (2, 3, *SHAPE)
+        p_whole, p_lesion = net.region_probabilities(full)
+        hard = net.head.pool(x, skips, (p_whole > 0.5).float(), (p_lesion > 0.5).float())
+        soft = net.head.pool(x, skips, p_whole, p_lesion)
+    assert set(evidence) == {"sum", "sum_sq", "weight", "soft_sum", "soft_sum_sq", "soft_weight"}
+    for key in hard:
+        torch.testing.assert_close(evidence[key], hard[key])
+        torch.testing.assert_close(evidence[f"soft_{key}"], soft[key])
+
+
+def test_classify_falls_back_to_soft_evidence_only_without_hard_lesion_voxels():
+    net = make_multitask()
+    x = image()
+    whole, lesion = masks()
+    hard_lesion = lesion.clone()
+    hard_lesion[1] = 0  # case 1: nothing passed 0.5
+    soft_lesion = lesion * 0.3
+    with torch.no_grad():
+        skips = net.encoder(x)
+        hard = net.head.pool(x, skips, whole, hard_lesion)
+        soft = net.head.pool(x, skips, whole * 0.7, soft_lesion)
+        evidence = {**hard, **{f"soft_{k}": v for k, v in soft.items()}}
+        logits = net.classify(evidence)
+        hard_logits = net.head.classify(hard)
+        soft_logits = net.head.classify(soft)
+    assert not torch.allclose(hard_logits, soft_logits)
+    torch.testing.assert_close(logits[0], hard_logits[0])
+    torch.testing.assert_close(logits[1], soft_logits[1])
+    with torch.no_grad():
+        # without soft keys (training-style evidence) the hard logits come back unchanged
+        torch.testing.assert_close(net.classify(hard), hard_logits)
+
+
+def test_classification_gradient_reaches_head_and_first_encoder_stage():
+    net = make_multitask().train()
+    x = image()
+    whole, lesion = masks()
+    _, evidence = net.forward_multitask(x, whole, lesion)
+    logits = net.head.classify(evidence)
+    nn.functional.cross_entropy(logits, torch.tensor([0, 2])).backward()
+    for name, p in net.head.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    stage0 = [p for p in net.encoder.stages[0].parameters() if p.grad is not None]
+    assert stage0 and any(p.grad.abs().sum() > 0 for p in stage0)
+    # the segmentation output is not part of this loss
+    assert all(p.grad is None for p in net.decoder.seg_layers.parameters())
+
+
+def test_running_standardizer_first_batch_then_running_average():
+    std = RunningStandardizer(2)
+    x = torch.tensor([[1.0, 10.0], [3.0, 30.0]])
+    torch.testing.assert_close(std(x), x / (1 + 1e-5) ** 0.5)  # no statistics yet: identity
+    std.update(x)
+    torch.testing.assert_close(std.running_mean, torch.tensor([2.0, 20.0]))
+    torch.testing.assert_close(std.running_var, torch.tensor([1.0, 100.0]))
+    torch.testing.assert_close(std(x), torch.tensor([[-1.0, -1.0], [1.0, 1.0]]), rtol=1e-4, atol=1e-4)
+    std.update(torch.tensor([[4.0, 40.0], [4.0, 40.0]]))  # second batch weighs 1/2
+    torch.testing.assert_close(std.running_mean, torch.tensor([3.0, 30.0]))
+    assert int(std.num_updates) == 2
+
+
+def test_standardizer_statistics_are_checkpointed_and_learn_only_in_training():
+    net = make_multitask()
+    keys = set(net.state_dict())
+    assert {"head.standardize.running_mean", "head.standardize.running_var", "head.standardize.num_updates"} <= keys
+    x = image()
+    whole, lesion = masks()
+    lesion[1] = 0
+    with torch.no_grad():
+        _, evidence = net.forward_multitask(x, whole, lesion)
+        net.eval()
+        net.head.classify(evidence)
+        assert int(net.head.standardize.num_updates) == 0
+        net.train()
+        descriptor = net.head.describe(evidence)
+        net.head.classify(evidence)
+    assert int(net.head.standardize.num_updates) == 1
+    # only the case with a lesion feeds the statistics
+    torch.testing.assert_close(net.head.standardize.running_mean, descriptor[0])
+    torch.testing.assert_close(net.head.standardize.running_var, torch.zeros_like(descriptor[0]))
+    with torch.no_grad():
+        no_lesion = net.head.pool(x, net.encoder(x), whole, torch.zeros_like(lesion))
+        net.head.classify(no_lesion)
+    assert int(net.head.standardize.num_updates) == 1
+
+
+def test_classify_is_the_output_layer_of_hidden_features():
+    net = make_multitask()
+    x = image()
+    with torch.no_grad():
+        _, evidence = net.forward_multitask(x)
+        hidden = net.hidden_features(evidence)
+        assert hidden.shape == (2, net.head.classifier[-1].in_features)
+        torch.testing.assert_close(net.classify(evidence), net.head.classifier[-1](hidden))

@@ -1,0 +1,201 @@
+"""Trainer settings and the pure helpers of the multi-task trainer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from sklearn.utils.class_weight import compute_class_weight
+
+from pancreas_mtl.training.settings import (
+    SETTINGS_ENV,
+    TrainerSettings,
+    load_settings,
+    settings_from_config,
+)
+from pancreas_mtl.training.trainer import (
+    GroupPolyLRScheduler,
+    class_weights,
+    read_subtypes,
+    reference_regions,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_section(name: str) -> dict:
+    with open(ROOT / "config" / name) as f:
+        return yaml.safe_load(f)["train"]
+
+
+def test_cls_weight_at_warmup_ramp_then_constant():
+    s = TrainerSettings(cls_loss_weight=0.3, cls_warmup_epochs=15, cls_ramp_epochs=15)
+    assert [s.cls_weight_at(e) for e in (0, 14)] == [0.0, 0.0]
+    for k in range(15):
+        assert s.cls_weight_at(15 + k) == pytest.approx(0.3 * (k + 1) / 15)
+    assert s.cls_weight_at(29) == pytest.approx(0.3)
+    assert s.cls_weight_at(30) == pytest.approx(0.3)
+    assert s.cls_weight_at(499) == pytest.approx(0.3)
+
+
+def test_cls_weight_at_without_ramp_jumps_after_warmup():
+    s = TrainerSettings(cls_loss_weight=0.5, cls_warmup_epochs=2, cls_ramp_epochs=0)
+    assert [s.cls_weight_at(e) for e in range(4)] == [0.0, 0.0, 0.5, 0.5]
+
+
+def test_cls_weight_at_without_warmup_ramps_from_the_first_epoch():
+    s = TrainerSettings(cls_loss_weight=0.3, cls_warmup_epochs=0, cls_ramp_epochs=3)
+    assert [s.cls_weight_at(e) for e in range(4)] == pytest.approx([0.1, 0.2, 0.3, 0.3])
+
+
+def test_from_dict_sets_values_and_rejects_unknown_keys_by_name():
+    s = TrainerSettings.from_dict({"num_epochs": 7, "head_lr_multiplier": 2.0})
+    assert s.num_epochs == 7 and s.head_lr_multiplier == 2.0
+    assert s.grad_clip == TrainerSettings().grad_clip
+    with pytest.raises(ValueError, match="epochz") as err:
+        TrainerSettings.from_dict({"num_epochs": 7, "epochz": 3, "patience": 1})
+    assert "patience" in str(err.value)
+    assert "num_epochs" not in str(err.value)
+
+
+def test_to_dict_round_trip():
+    s = TrainerSettings(num_epochs=3, subtype_table="x.csv")
+    assert TrainerSettings.from_dict(s.to_dict()) == s
+
+
+def test_load_settings_defaults_to_the_gpu_recipe(monkeypatch):
+    monkeypatch.delenv(SETTINGS_ENV, raising=False)
+    s = load_settings()
+    assert s.num_epochs == 500
+    assert s.early_stopping_patience == 100
+    assert s.cls_warmup_epochs == 15
+    assert s.grad_clip == 12
+    assert s.head_lr_multiplier == 4
+    assert s == TrainerSettings()
+
+
+def test_load_settings_reads_the_file_named_by_the_environment(monkeypatch, tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"num_epochs": 3, "early_stopping_patience": 2, "subtype_table": "t.csv"}))
+    monkeypatch.setenv(SETTINGS_ENV, str(path))
+    s = load_settings()
+    assert s.num_epochs == 3 and s.early_stopping_patience == 2 and s.subtype_table == "t.csv"
+    assert s.grad_clip == 12
+    path.write_text(json.dumps({"num_epoch": 3}))
+    with pytest.raises(ValueError, match="num_epoch"):
+        load_settings()
+
+
+def test_settings_from_config_carries_the_workflow_values_over():
+    train = train_section("config.yaml")
+    values = settings_from_config(train)
+    stopping = train["early_stopping"]
+    expected = {
+        "num_epochs": train["epochs"],
+        "iterations_per_epoch": train["iterations_per_epoch"],
+        "val_iterations_per_epoch": train["val_iterations_per_epoch"],
+        "initial_lr": train["initial_lr"],
+        "grad_clip": train["grad_clip"],
+        "cls_loss_weight": train["cls_loss_weight"],
+        "cls_warmup_epochs": train["cls_warmup_epochs"],
+        "cls_ramp_epochs": train["cls_ramp_epochs"],
+        "head_lr_multiplier": train["head_lr_multiplier"],
+        "head_momentum": train["head_momentum"],
+        "case_level_refit": train["case_level_refit"],
+        "class_weighting": train["class_weighting"],
+        "early_stopping_patience": stopping["patience"],
+        "early_stopping_min_delta": stopping["min_delta"],
+        "score_seg_weight": stopping["seg_weight"],
+        "restore_best": stopping["restore_best"],
+        "checkpoint_every": train["checkpoint_every"],
+    }
+    for key, value in expected.items():
+        assert values[key] == value, key
+    # the CPU demo really differs from the defaults where it should
+    assert values["num_epochs"] == 30 and values["early_stopping_patience"] == 15
+    assert values["cls_warmup_epochs"] == 2 and values["cls_ramp_epochs"] == 3
+    # the result is a complete settings file
+    assert TrainerSettings.from_dict(json.loads(json.dumps(values))).num_epochs == 30
+
+
+def test_gpu_config_gives_the_default_settings():
+    assert settings_from_config(train_section("gpu.yaml")) == TrainerSettings().to_dict()
+
+
+def test_read_subtypes_keeps_string_ids_and_skips_unlabelled_rows(tmp_path):
+    path = tmp_path / "subtypes.csv"
+    path.write_text("case_id,split,subtype\n007,train,1\n010,validation,2\n011,train,0\n012,test,\n")
+    subtypes = read_subtypes(str(path))
+    assert subtypes == {"007": 1, "010": 2, "011": 0}
+    assert all(isinstance(v, int) for v in subtypes.values())
+
+
+def test_class_weights_balanced_equals_sklearn_on_the_training_labels():
+    train = [0, 0, 1, 2, 2, 2]
+    expected = compute_class_weight("balanced", classes=np.array([0, 1, 2]), y=np.array(train))
+    np.testing.assert_allclose(class_weights(train, "balanced"), expected)
+    np.testing.assert_allclose(class_weights(train, "balanced"), [1.0, 2.0, 2 / 3])
+
+
+def test_class_weights_absent_class_gets_one():
+    weights = class_weights([0, 0, 0, 2], "balanced")
+    np.testing.assert_allclose(weights, [4 / 6, 1.0, 2.0])
+
+
+def test_class_weights_none_and_unknown_scheme():
+    np.testing.assert_array_equal(class_weights([0, 0, 1], "none"), np.ones(3))
+    with pytest.raises(ValueError, match="inverse"):
+        class_weights([0, 1, 2], "inverse")
+
+
+def test_reference_regions_from_region_target():
+    target = torch.zeros((2, 2, 2, 3, 3), dtype=torch.bool)
+    target[:, 0, 0] = True
+    target[:, 1, 0, 0] = True
+    whole, lesion = reference_regions(target, regions=True)
+    assert whole.shape == lesion.shape == (2, 1, 2, 3, 3)
+    assert whole.dtype == torch.float32
+    assert whole.sum().item() == 2 * 9 and lesion.sum().item() == 2 * 3
+    torch.testing.assert_close(whole, target[:, 0:1].float())
+    torch.testing.assert_close(lesion, target[:, 1:2].float())
+
+
+def test_reference_regions_from_label_target():
+    target = torch.tensor([0.0, 1.0, 2.0, 1.0, 0.0, 2.0]).reshape(1, 1, 1, 2, 3)
+    whole, lesion = reference_regions(target, regions=False)
+    assert whole.shape == lesion.shape == (1, 1, 1, 2, 3)
+    assert whole.flatten().tolist() == [0, 1, 1, 1, 0, 1]
+    assert lesion.flatten().tolist() == [0, 0, 1, 0, 0, 1]
+
+
+def test_group_poly_lr_keeps_the_head_ratio_at_every_step():
+    backbone, head = nn_param(), nn_param()
+    optimizer = torch.optim.SGD([{"params": [backbone], "lr": 0.01}, {"params": [head], "lr": 0.04}], lr=0.01)
+    scheduler = GroupPolyLRScheduler(optimizer, max_steps=10)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01, 0.04])
+    for epoch in range(10):
+        scheduler.step(epoch)  # nnU-Net passes the epoch
+        factor = (1 - epoch / 10) ** 0.9
+        lrs = [g["lr"] for g in optimizer.param_groups]
+        assert lrs == pytest.approx([0.01 * factor, 0.04 * factor])
+        assert lrs[1] / lrs[0] == pytest.approx(4.0)
+        assert scheduler.get_last_lr() == lrs
+
+
+def test_group_poly_lr_counts_steps_itself():
+    optimizer = torch.optim.SGD([{"params": [nn_param()], "lr": 1.0}, {"params": [nn_param()], "lr": 3.0}], lr=1.0)
+    scheduler = GroupPolyLRScheduler(optimizer, max_steps=4, exponent=1.0)
+    seen = []
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+        seen.append([g["lr"] for g in optimizer.param_groups])
+    np.testing.assert_allclose(seen, [[0.75, 2.25], [0.5, 1.5], [0.25, 0.75]])
+
+
+def nn_param() -> torch.nn.Parameter:
+    return torch.nn.Parameter(torch.zeros(1))

@@ -1,0 +1,224 @@
+"""The real Snakemake workflow on the built-in demo cohort, at the smallest scale."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "data" / "tiny.yaml"
+STAGES = {
+    "make_demo_cohort",
+    "ingest_cohort",
+    "write_splits",
+    "plan_and_preprocess",
+    "train_fold",
+    "predict_split",
+    "evaluate_validation",
+    "plot_training",
+}
+
+
+def snakemake(*args, cwd=REPO, timeout=1800):
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return result
+
+
+def test_dry_run_lists_every_stage(tmp_path):
+    result = snakemake("-n", "--cores", "2", "--config", f"results_dir={tmp_path}/results")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout + result.stderr
+    for stage in STAGES:
+        assert f"rule {stage}:" in out, stage
+
+
+def test_dry_run_gpu_config(tmp_path):
+    result = snakemake(
+        "-n", "--cores", "2", "--configfile", "config/gpu.yaml",
+        "--config", f"results_dir={tmp_path}/results",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "nnUNetTrainerMultiTask__nnUNetResEncUNetMPlans__3d_fullres" in result.stdout
+
+
+def test_lint_is_clean():
+    result = snakemake("--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr
+
+
+def test_snakefmt_is_clean():
+    result = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "."], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_bad_config_value_names_the_key(tmp_path):
+    result = snakemake("-n", "--config", "train={'epochs': 'ten'}", f"results_dir={tmp_path}")
+    assert result.returncode != 0
+    assert "epochs" in result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    results = tmp_path_factory.mktemp("wf") / "results"
+    result = snakemake(
+        "--cores", "2", "all", "benchmark",
+        "--configfile", str(TINY),
+        "--config", f"results_dir={results}",
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    return results
+
+
+def _model_dir(results):
+    return results / "nnUNet_results/Dataset501_PancreasMTL/nnUNetTrainerMultiTask__nnUNetPlans__3d_cpu"
+
+
+@pytest.mark.workflow
+def test_dataset_stage(demo_run):
+    raw = demo_run / "nnUNet_raw/Dataset501_PancreasMTL"
+    dataset = json.loads((raw / "dataset.json").read_text())
+    assert dataset["labels"] == {"background": 0, "pancreas": [1, 2], "lesion": 2}
+    assert dataset["numTraining"] == 15
+    table = pd.read_csv(demo_run / "dataset/subtypes.csv")
+    assert table["split"].value_counts().to_dict() == {"train": 9, "validation": 6, "test": 3}
+    labels = sorted((raw / "labelsTr").glob("*.nii.gz"))
+    assert len(labels) == 15
+    for path in labels[:3]:
+        mask = nib.load(path)
+        assert mask.get_data_dtype() == np.uint8
+        assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
+    report = pd.read_csv(demo_run / "dataset/label_fix_report.csv")
+    assert (report["voxels_rounded"] > 0).any()
+
+
+@pytest.mark.workflow
+def test_preprocess_stage(demo_run):
+    pre = demo_run / "nnUNet_preprocessed/Dataset501_PancreasMTL"
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    assert plans["configurations"]["3d_cpu"]["spacing"] == [2.5, 1.5, 1.5]
+    splits = json.loads((pre / "splits_final.json").read_text())
+    table = pd.read_csv(demo_run / "dataset/subtypes.csv", dtype={"case_id": str})
+    assert sorted(splits[0]["train"]) == sorted(table.case_id[table.split == "train"])
+    assert sorted(splits[0]["val"]) == sorted(table.case_id[table.split == "validation"])
+
+
+@pytest.mark.workflow
+def test_training_monitor_sees_every_class(demo_run):
+    fold = _model_dir(demo_run) / "fold_0"
+    assert (fold / "checkpoint_final.pth").is_file()
+    monitor = json.loads((fold / "classification_monitor.json").read_text())
+    assert [row["epoch"] for row in monitor] == list(range(4))
+    predicted = np.zeros(3, dtype=int)
+    for row in monitor:
+        predicted += np.array(row["train_pred_counts"]) + np.array(row["pred_counts"])
+    assert (predicted > 0).all(), predicted
+    assert (fold / "classification_monitor.png").stat().st_size > 0
+
+
+@pytest.mark.workflow
+def test_predictions_match_input_geometry(demo_run):
+    table = pd.read_csv(demo_run / "dataset/subtypes.csv", dtype={"case_id": str})
+    cohort = demo_run / "demo/cohort"
+    for split in ("validation", "test"):
+        folder = demo_run / "predictions" / split
+        cases = sorted(table.case_id[table.split == split])
+        csv = pd.read_csv(folder / "subtype_results.csv")
+        assert list(csv.columns[:2]) == ["Names", "Subtype"]
+        assert sorted(csv["Names"]) == [f"{c}.nii.gz" for c in cases]
+        assert set(csv["Subtype"]) <= {0, 1, 2}
+        probs = csv.filter(like="prob_").to_numpy()
+        assert np.allclose(probs.sum(1), 1, atol=1e-4)
+        for case in cases:
+            image = nib.load(next(cohort.glob(f"{split}/**/{case}_0000.nii.gz")))
+            mask = nib.load(folder / f"{case}.nii.gz")
+            assert mask.shape == image.shape
+            assert np.allclose(mask.affine, image.affine, atol=1e-4)
+            assert mask.get_data_dtype() == np.uint8
+
+
+@pytest.mark.workflow
+def test_metrics_and_benchmark(demo_run):
+    summary = json.loads((demo_run / "metrics/summary.json").read_text())
+    for key in ("whole_pancreas_dsc", "lesion_dsc", "macro_f1"):
+        assert 0 <= summary[key] <= 1
+    assert summary["whole_pancreas_dsc"] > 0.3
+    for png in ("confusion_matrix", "dsc_distributions", "training_curves", "prediction_counts"):
+        assert (demo_run / f"metrics/{png}.png").stat().st_size > 0
+    speed = json.loads((demo_run / "benchmark/inference_speed.json").read_text())
+    for key in ("cases", "device", "stock_seconds", "two_pass_seconds", "multitask_seconds",
+                "speedup_vs_stock", "speedup_vs_two_pass", "mask_dice_vs_stock"):
+        assert key in speed
+    assert speed["mask_dice_vs_stock"] >= 0.99
+
+
+@pytest.mark.workflow
+def test_rerun_has_nothing_to_do(demo_run):
+    result = snakemake(
+        "-n", "--cores", "2", "all", "--configfile", str(TINY), "--config", f"results_dir={demo_run}"
+    )
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+TRAIN_SNIPPET = """
+import sys
+from pancreas_mtl.logs import set_nnunet_paths
+from pancreas_mtl.training.run import train_fold
+from pancreas_mtl.training.settings import TrainerSettings
+if __name__ == "__main__":
+    root = sys.argv[1]
+    set_nnunet_paths(f"{root}/nnUNet_raw", f"{root}/nnUNet_preprocessed", f"{root}/nnUNet_results")
+    settings = dict(num_epochs=5, iterations_per_epoch=4, val_iterations_per_epoch=1,
+                    cls_warmup_epochs=0, cls_ramp_epochs=1, checkpoint_every=1,
+                    early_stopping_patience=0)
+    train_fold(501, "3d_cpu", 1, "nnUNetPlans", "lesion_pooling", settings, device="cpu", threads=2)
+"""
+
+
+@pytest.mark.workflow
+def test_training_resumes_after_interruption(demo_run, tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN_SNIPPET)
+    fold = _model_dir(demo_run) / "fold_1"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(demo_run)], start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 600
+    monitor = fold / "classification_monitor.json"
+    while time.time() < deadline:
+        if (fold / "checkpoint_latest.pth").exists() and monitor.exists():
+            if len(json.loads(monitor.read_text() or "[]")) >= 2:
+                break
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (fold / "checkpoint_final.pth").exists()
+
+    result = subprocess.run([sys.executable, str(script), str(demo_run)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = sorted(fold.glob("training_log_*.txt"))
+    assert len(logs) == 2
+    first_epoch = next(l for l in logs[1].read_text().splitlines() if ": Epoch " in l)
+    assert int(first_epoch.rsplit(" ", 1)[1]) >= 1, first_epoch
+    epochs = [row["epoch"] for row in json.loads(monitor.read_text())]
+    assert epochs == list(range(5))
+    assert (fold / "checkpoint_final.pth").is_file()
