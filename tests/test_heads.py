@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
-from scipy.ndimage import binary_dilation
+from scipy.ndimage import binary_dilation, binary_erosion
 from torch import nn
 
 from pancreas_mtl.training.heads import (
@@ -82,15 +82,18 @@ def test_weighted_moments_matches_hand_sums():
     torch.testing.assert_close(total[0, :, 0], torch.tensor([2.0, 1.0]))
 
 
-def test_region_weights_lesion_rim_and_parenchyma():
+def test_region_weights_lesion_core_rim_and_parenchyma():
     whole, lesion = masks(1)
     weights = region_weights(whole, lesion)
-    assert weights.shape == (1, 3, *SHAPE)
+    assert weights.shape == (1, 4, *SHAPE)
     les = lesion[0, 0].numpy().astype(bool)
-    rim = binary_dilation(les, structure=np.ones((3, 3, 3))) & ~les
+    cube = np.ones((3, 3, 3))
+    rim = binary_dilation(les, structure=cube) & ~les
+    core = binary_erosion(les, structure=cube, border_value=1)
     np.testing.assert_array_equal(weights[0, 0].numpy(), les)
-    np.testing.assert_array_equal(weights[0, 1].numpy(), rim)
-    np.testing.assert_array_equal(weights[0, 2].numpy(), whole[0, 0].numpy().astype(bool) & ~les)
+    np.testing.assert_array_equal(weights[0, 1].numpy(), core)
+    np.testing.assert_array_equal(weights[0, 2].numpy(), rim)
+    np.testing.assert_array_equal(weights[0, 3].numpy(), whole[0, 0].numpy().astype(bool) & ~les)
 
 
 def test_resize_weights_averages_down_and_keeps_matching_size():
@@ -117,17 +120,21 @@ def test_lesion_pooling_shapes():
     seg, evidence = net.forward_multitask(x, whole, lesion)
     assert seg.shape == (2, 3, *SHAPE)
     width = 1 + 4 + 8  # stages -1 (input), 0 and 1
-    assert evidence["sum"].shape == (2, 3, width)
-    assert evidence["sum_sq"].shape == (2, 3, width)
-    assert evidence["weight"].shape == (2, 3, 3)
-    assert net.head.describe(evidence).shape == (2, 5 * width)
+    assert evidence["sum"].shape == (2, 4, width)
+    assert evidence["sum_sq"].shape == (2, 4, width)
+    assert evidence["weight"].shape == (2, 4, 3)
+    assert net.head.describe(evidence).shape == (2, 9 * width)
     assert net.head.classify(evidence).shape == (2, NUM_SUBTYPES)
 
 
 def test_lesion_statistics_of_the_input_stage_match_numpy():
     net = make_multitask()
     x = image()
-    whole, lesion = masks()
+    # a lesion thick enough to keep a core after a one-voxel erosion
+    whole = torch.zeros((2, 1, *SHAPE))
+    lesion = torch.zeros((2, 1, *SHAPE))
+    whole[:, :, 0:8, 2:14, 1:14] = 1
+    lesion[:, :, 1:6, 4:10, 3:9] = 1
     with torch.no_grad():
         _, evidence = net.forward_multitask(x, whole, lesion)
         descriptor = net.head.describe(evidence)
@@ -135,6 +142,7 @@ def test_lesion_statistics_of_the_input_stage_match_numpy():
     xs = x[:, 0].numpy()
     les = lesion[0, 0].numpy().astype(bool)
     rim = binary_dilation(les, structure=np.ones((3, 3, 3))) & ~les
+    core = binary_erosion(les, structure=np.ones((3, 3, 3)), border_value=1)
     par = whole[0, 0].numpy().astype(bool) & ~les
     for b in range(2):
         lesion_mean = xs[b][les].mean()
@@ -146,10 +154,12 @@ def test_lesion_statistics_of_the_input_stage_match_numpy():
         assert evidence["weight"][b, 0, 0].item() == les.sum()
         np.testing.assert_allclose(descriptor[b, 0].item(), lesion_mean, rtol=1e-3, atol=1e-4)
         np.testing.assert_allclose(descriptor[b, width].item(), xs[b][les].std(), rtol=1e-2, atol=1e-3)
-        np.testing.assert_allclose(descriptor[b, 2 * width].item(), xs[b][rim].mean(), rtol=1e-3, atol=1e-4)
-        np.testing.assert_allclose(descriptor[b, 3 * width].item(), xs[b][par].mean(), rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(descriptor[b, 2 * width].item(), xs[b][core].mean(), rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(descriptor[b, 3 * width].item(), xs[b][core].std(), rtol=1e-2, atol=1e-3)
+        np.testing.assert_allclose(descriptor[b, 4 * width].item(), xs[b][rim].mean(), rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(descriptor[b, 5 * width].item(), xs[b][par].mean(), rtol=1e-3, atol=1e-4)
         np.testing.assert_allclose(
-            descriptor[b, 4 * width].item(), lesion_mean - xs[b][par].mean(), rtol=1e-3, atol=1e-4
+            descriptor[b, 6 * width].item(), lesion_mean - xs[b][par].mean(), rtol=1e-3, atol=1e-4
         )
 
 
@@ -333,8 +343,10 @@ def test_running_standardizer_first_batch_then_running_average():
     torch.testing.assert_close(std(x), x / (1 + 1e-5) ** 0.5)  # no statistics yet: identity
     std.update(x)
     torch.testing.assert_close(std.running_mean, torch.tensor([2.0, 20.0]))
-    torch.testing.assert_close(std.running_var, torch.tensor([1.0, 100.0]))
-    torch.testing.assert_close(std(x), torch.tensor([[-1.0, -1.0], [1.0, 1.0]]), rtol=1e-4, atol=1e-4)
+    # the unit prior keeps weight 1/2 after one batch (batch variances 1 and 100)
+    torch.testing.assert_close(std.running_var, torch.tensor([1.0, 50.5]))
+    expected = torch.tensor([[-1.0, -10 / 50.5**0.5], [1.0, 10 / 50.5**0.5]])
+    torch.testing.assert_close(std(x), expected, rtol=1e-4, atol=1e-4)
     std.update(torch.tensor([[4.0, 40.0], [4.0, 40.0]]))  # second batch weighs 1/2
     torch.testing.assert_close(std.running_mean, torch.tensor([3.0, 30.0]))
     assert int(std.num_updates) == 2
@@ -358,7 +370,8 @@ def test_standardizer_statistics_are_checkpointed_and_learn_only_in_training():
     assert int(net.head.standardize.num_updates) == 1
     # only the case with a lesion feeds the statistics
     torch.testing.assert_close(net.head.standardize.running_mean, descriptor[0])
-    torch.testing.assert_close(net.head.standardize.running_var, torch.zeros_like(descriptor[0]))
+    # one case has no spread: the unit prior keeps half the weight
+    torch.testing.assert_close(net.head.standardize.running_var, torch.full_like(descriptor[0], 0.5))
     with torch.no_grad():
         no_lesion = net.head.pool(x, net.encoder(x), whole, torch.zeros_like(lesion))
         net.head.classify(no_lesion)

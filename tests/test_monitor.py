@@ -56,11 +56,6 @@ def test_classification_summary_accepts_flat_logits():
     assert summary["macro_f1"] == pytest.approx(1 / 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="classification_summary handles no cases for macro_f1/mean_logits, but still calls "
-    "sklearn's confusion_matrix on empty arrays, which raises ValueError (scikit-learn 1.9)",
-)
 def test_classification_summary_without_cases():
     summary = classification_summary([], np.zeros((0, 3)))
     assert math.isnan(summary["macro_f1"])
@@ -79,11 +74,6 @@ def test_unpredicted_streaks_counts_the_latest_epochs_in_a_row():
     assert unpredicted_streaks([]) == {0: 0, 1: 0, 2: 0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an epoch without case validation (case_validation_every > 1) has no never_predicted "
-    "and resets the streak, so the collapse warning can never fire for such settings",
-)
 def test_unpredicted_streaks_skips_epochs_without_case_validation():
     history = [
         {"epoch": 0, "never_predicted": [2]},
@@ -162,11 +152,6 @@ def test_plot_monitor_writes_a_png(tmp_path):
     assert path.stat().st_size > 1000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plot_monitor reads r['pred_counts'] of every row; an epoch without case validation "
-    "(case_validation_every > 1) has none, so on_epoch_end raises KeyError",
-)
 def test_plot_monitor_with_epochs_without_case_validation(tmp_path):
     rows = history_rows()
     rows.insert(1, {"epoch": 1, "cls_loss": 1.0, "cls_weight": 0.05, "train_pred_counts": [2, 2, 0]})

@@ -211,7 +211,7 @@ def describe_device(device) -> str:
     import torch
 
     if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
+        return f"cuda: {torch.cuda.get_device_name(device.index or 0)}"
     return device.type
 
 
@@ -327,7 +327,8 @@ def benchmark_inference(
 
     report = speed_report(
         len(images),
-        describe_device(torch_device),
+        # every arm gets the bare device type, as nnUNetv2_predict takes it: the first visible GPU
+        describe_device(torch.device(torch_device.type)),
         per_repeat,
         dice,
         repeats=int(repeats),

@@ -91,7 +91,9 @@ class MultiTaskPredictor(nnUNetPredictor):
         prediction = None
         probabilities = []
         for params in self.list_of_parameters:
-            self.network.load_state_dict(params)
+            # one fold is already loaded by initialize_from_trained_model_folder
+            if len(self.list_of_parameters) > 1:
+                self.network.load_state_dict(params)
             self._evidence = None
             logits = self.predict_sliding_window_return_logits(data).to("cpu")
             prediction = logits if prediction is None else prediction + logits

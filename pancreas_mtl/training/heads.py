@@ -2,8 +2,10 @@
 
 Every head works in two steps so that a case can be classified from many tiles:
 `pool` turns one tile into additive evidence (weighted feature sums and weight totals), and
-`classify` turns evidence summed over tiles, mirrors and folds into logits. Summing evidence
-before dividing gives exactly the pooling over the whole volume, whatever the tiling.
+`classify` turns evidence summed over tiles and mirrors into logits. Summing evidence before
+dividing pools over the whole volume: exactly so for input-resolution statistics of the lesion
+and parenchyma; rims and deeper stages see each tile's own context, and overlapping tiles are
+weighted by nnU-Net's Gaussian, as the logits are.
 """
 
 from __future__ import annotations
@@ -48,17 +50,19 @@ def weighted_moments(
 
 
 def region_weights(
-    whole: torch.Tensor, lesion: torch.Tensor, rim_width: int = 1
+    whole: torch.Tensor, lesion: torch.Tensor, width: int = 1
 ) -> torch.Tensor:
-    """Lesion, lesion rim (just outside its margin) and pancreatic parenchyma weights.
+    """Lesion, lesion core, rim just outside its margin, and pancreatic parenchyma weights.
 
-    Inputs (B, 1, *s) in [0, 1]; output (B, 3, *s).
+    Inputs (B, 1, *s) in [0, 1]; output (B, 4, *s). The core is the lesion eroded by `width`
+    voxels: its spread is texture without the partial-volume margin.
     """
-    k = 2 * rim_width + 1
-    dilated = F.max_pool3d(lesion, k, stride=1, padding=rim_width)
+    k = 2 * width + 1
+    dilated = F.max_pool3d(lesion, k, stride=1, padding=width)
+    core = 1 - F.max_pool3d(1 - lesion, k, stride=1, padding=width)
     rim = (dilated - lesion).clamp_min(0)
     parenchyma = (whole - lesion).clamp_min(0)
-    return torch.cat([lesion, rim, parenchyma], 1)
+    return torch.cat([lesion, core, rim, parenchyma], 1)
 
 
 class RunningStandardizer(nn.Module):
@@ -83,7 +87,9 @@ class RunningStandardizer(nn.Module):
         self.num_updates += 1
         rate = max(1.0 / float(self.num_updates), self.momentum)
         self.running_mean.lerp_(x.mean(0), rate)
-        self.running_var.lerp_(((x - self.running_mean) ** 2).mean(0), rate)
+        # the unit prior keeps a weight of 1/(n+1): one case alone has no spread to divide by
+        var_rate = max(1.0 / float(self.num_updates + 1), self.momentum)
+        self.running_var.lerp_(((x - self.running_mean) ** 2).mean(0), var_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.running_mean) / (self.running_var + self.eps).sqrt()
@@ -93,12 +99,13 @@ class LesionPoolingHead(nn.Module):
     """Subtype from lesion-restricted statistics of the input and shallow encoder stages.
 
     For each chosen stage (-1 is the input image) the head pools the feature mean and spread
-    inside the lesion, the mean in a thin rim around it (margin) and in the pancreatic
-    parenchyma (contrast). Shallow stages keep the density, margin and texture that tell
-    subtypes apart; deep stages mostly know where the organ is.
+    inside the lesion and inside its core, the mean in a thin rim around it (margin) and in the
+    pancreatic parenchyma (contrast). Shallow stages keep the density, margin and texture that
+    tell subtypes apart; deep stages mostly know where the organ is.
     """
 
-    regions = ("lesion", "rim", "parenchyma")
+    regions = ("lesion", "core", "rim", "parenchyma")
+    stats_per_channel = 9
 
     def __init__(
         self,
@@ -111,7 +118,7 @@ class LesionPoolingHead(nn.Module):
         super().__init__()
         self.stages = tuple(int(s) for s in stages)
         self.channels = [int(stage_channels[s + 1]) for s in self.stages]
-        n_in = 5 * sum(self.channels)
+        n_in = self.stats_per_channel * sum(self.channels)
         self.standardize = RunningStandardizer(n_in)
         self.classifier = nn.Sequential(
             nn.Linear(n_in, hidden),
@@ -147,14 +154,25 @@ class LesionPoolingHead(nn.Module):
         }
 
     def describe(self, evidence: Evidence, eps: float = 1e-3) -> torch.Tensor:
-        """Fixed-length case descriptor from evidence: (B, 5 * sum(channels))."""
+        """Fixed-length case descriptor from evidence: (B, 9 * sum(channels))."""
         widths = torch.tensor(self.channels, device=evidence["weight"].device)
         weight = torch.repeat_interleave(evidence["weight"], widths, dim=-1)
         mean = evidence["sum"] / (weight + eps)
-        var = (evidence["sum_sq"] / (weight + eps) - mean**2).clamp_min(0)
-        lesion, rim, parenchyma = mean.unbind(1)
+        std = ((evidence["sum_sq"] / (weight + eps) - mean**2).clamp_min(0) + 1e-6).sqrt()
+        lesion, core, rim, parenchyma = mean.unbind(1)
         return torch.cat(
-            [lesion, (var[:, 0] + 1e-6).sqrt(), rim, parenchyma, lesion - parenchyma], -1
+            [
+                lesion,
+                std[:, 0],
+                core,
+                std[:, 1],
+                rim,
+                parenchyma,
+                lesion - parenchyma,
+                core - lesion,
+                rim - lesion,
+            ],
+            -1,
         )
 
     def hidden_features(self, evidence: Evidence) -> torch.Tensor:

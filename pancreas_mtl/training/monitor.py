@@ -23,27 +23,34 @@ def classification_summary(
     """Macro-F1, confusion matrix, prediction counts and mean logits of one evaluation."""
     y_true = np.asarray(y_true, dtype=int)
     logits = np.asarray(logits, dtype=float).reshape(len(y_true), num_classes)
-    y_pred = logits.argmax(1) if len(y_true) else np.zeros(0, dtype=int)
     labels = list(range(num_classes))
+    if not len(y_true):
+        return {
+            "macro_f1": float("nan"),
+            "confusion": np.zeros((num_classes, num_classes), dtype=int).tolist(),
+            "pred_counts": [0] * num_classes,
+            "never_predicted": labels,
+            "mean_logits": [float("nan")] * num_classes,
+        }
+    y_pred = logits.argmax(1)
     counts = np.bincount(y_pred, minlength=num_classes)
     return {
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
-        if len(y_true)
-        else float("nan"),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "pred_counts": counts.tolist(),
         "never_predicted": [c for c in labels if counts[c] == 0],
-        "mean_logits": logits.mean(0).tolist() if len(y_true) else [float("nan")] * num_classes,
+        "mean_logits": logits.mean(0).tolist(),
     }
 
 
 def unpredicted_streaks(history: list[dict], num_classes: int = NUM_SUBTYPES) -> dict[int, int]:
-    """For each class, how many of the latest epochs in a row it was never predicted."""
+    """For each class, how many of the latest case-validated epochs in a row never predicted it."""
+    validated = [row for row in history if "never_predicted" in row]
     streaks = {}
     for c in range(num_classes):
         n = 0
-        for row in reversed(history):
-            if c not in row.get("never_predicted", []):
+        for row in reversed(validated):
+            if c not in row["never_predicted"]:
                 break
             n += 1
         streaks[c] = n
@@ -92,9 +99,10 @@ def plot_monitor(history: list[dict], path: str | os.PathLike) -> None:
     ax.set_ylabel("score")
     ax.legend(loc="lower right", fontsize=8)
     ax = axes[1]
-    counts = np.array([r["pred_counts"] for r in history])
-    for c in range(counts.shape[1]):
-        ax.plot(epochs, counts[:, c], label=f"subtype {c}")
+    validated = [r for r in history if "pred_counts" in r]
+    for c in range(NUM_SUBTYPES):
+        ax.plot([r["epoch"] for r in validated], [r["pred_counts"][c] for r in validated],
+                label=f"subtype {c}")
     ax.set_ylabel("val predictions per class")
     ax.legend(loc="upper right", fontsize=8)
     ax = axes[2]

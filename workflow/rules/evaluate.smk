@@ -70,4 +70,5 @@ rule evaluate:
     input:
         rules.evaluate_validation.output,
         rules.plot_training.output,
+        rules.baseline_classifier.output,
         f"{RESULTS}/predictions/test",

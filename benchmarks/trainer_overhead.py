@@ -1,0 +1,72 @@
+"""Seconds per training iteration: the multi-task trainer against stock nnUNetTrainer.
+
+Both trainers use the same plans, configuration and preprocessed data of an existing results
+folder; iterations are timed in interleaved blocks after a warm-up. Prints the ratio (goal <= 1.10).
+
+Usage: python benchmarks/trainer_overhead.py RESULTS_DIR [ITERATIONS]
+"""
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def build(trainer_name: str, dataset_id: int, configuration: str, plans: str):
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    trainer = get_trainer_from_args(
+        str(dataset_id), configuration, 0, trainer_name, plans, device=torch.device("cpu")
+    )
+    trainer.on_train_start()
+    trainer.network.train()
+    return trainer
+
+
+def time_block(trainer, n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        trainer.train_step(next(trainer.dataloader_train))
+    return (time.perf_counter() - start) / n
+
+
+def main() -> None:
+    results = Path(sys.argv[1]).resolve()
+    iterations = int(sys.argv[2]) if len(sys.argv) > 2 else 40
+    from pancreas_mtl.logs import set_nnunet_paths
+    from pancreas_mtl.training.run import ensure_ext_trainer_path
+
+    scratch = tempfile.mkdtemp()
+    set_nnunet_paths(results / "nnUNet_raw", results / "nnUNet_preprocessed", scratch)
+    ensure_ext_trainer_path()
+    os.environ["nnUNet_extTrainer"] += os.pathsep + str(HERE / "stock_trainer")
+    os.environ.setdefault("nnUNet_n_proc_DA", "1")
+    torch.set_num_threads(int(os.environ.get("THREADS", "2")))
+    ours = build("nnUNetTrainerMultiTask", 501, "3d_cpu", "nnUNetPlans")
+    ours.settings.cls_warmup_epochs = 0  # time the full multi-task step, head loss included
+    stock = build("nnUNetTrainerStockSchedule", 501, "3d_cpu", "nnUNetPlans")
+    for trainer in (ours, stock):
+        time_block(trainer, 5)
+    block = max(1, iterations // 4)
+    times = {"stock": [], "multitask": []}
+    for _ in range(4):
+        times["stock"].append(time_block(stock, block))
+        times["multitask"].append(time_block(ours, block))
+    s, m = np.median(times["stock"]), np.median(times["multitask"])
+    print(f"stock nnUNetTrainer:     {s:.3f} s/iteration")
+    print(f"nnUNetTrainerMultiTask:  {m:.3f} s/iteration")
+    print(f"ratio multitask/stock:   {m / s:.3f} (goal <= 1.10)")
+    for trainer in (ours, stock):
+        for loader in (trainer.dataloader_train, trainer.dataloader_val):
+            if hasattr(loader, "_finish"):
+                loader._finish()
+
+
+if __name__ == "__main__":
+    main()

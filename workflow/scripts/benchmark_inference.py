@@ -1,0 +1,27 @@
+from pathlib import Path
+
+from pancreas_mtl.logs import log_to_file, set_nnunet_paths
+
+# nnU-Net starts worker processes with "spawn", which re-imports this module
+if __name__ == "__main__":
+    log_to_file(snakemake.log[0])
+    set_nnunet_paths(**snakemake.params.nnunet_paths)
+
+    from pancreas_mtl.inference.benchmark import benchmark_inference
+    from pancreas_mtl.inference.predictor import split_images
+
+    benchmark_inference(
+        snakemake.params.model,
+        snakemake.params.folds,
+        snakemake.params.dataset_id,
+        snakemake.params.configuration,
+        snakemake.params.plans_identifier,
+        snakemake.params.trainer,
+        split_images(snakemake.input.raw, snakemake.input.subtypes, "test")[: snakemake.params.cases],
+        Path(snakemake.output.speed).parent,
+        device=snakemake.params.device,
+        tta=snakemake.params.tta,
+        repeats=snakemake.params.repeats,
+        checkpoint=snakemake.params.checkpoint,
+        step_size=snakemake.params.step_size,
+    )
