@@ -218,3 +218,26 @@ def test_slurm_profile_takes_account_and_partitions_from_environment(tmp_path):
             "SLURM_GPU_PARTITION": "gpu-a100",
         }
     ) == {"prepare": ["lab", "cpu"], "train_fold": ["lab", "gpu-a100"]}
+
+
+@pytest.mark.slurm
+@pytest.mark.workflow
+def test_pipeline_runs_through_the_slurm_profile(tmp_path, slurm_cluster):
+    results = tmp_path / "results"
+    run = run_snakemake_slurm(
+        REPO,
+        ["all"],
+        ["--configfile", str(REPO / "tests" / "data" / "tiny.yaml"),
+         "--config", f"results_dir={results}"],
+        timeout=2400,
+    )  # fmt: skip
+    assert run.returncode == 0, (run.stdout + run.stderr)[-6000:]
+    jobs = slurm_job_ids(run.stdout + run.stderr)
+    assert {"ingest_cohort", "plan_and_preprocess", "train_fold", "predict_split"} <= set(jobs)
+    (train_id,) = jobs["train_fold"]
+    assert allocated_tres(train_id)["gres/gpu"] == "1"
+    for predict_id in jobs["predict_split"]:
+        assert allocated_tres(predict_id)["gres/gpu"] == "1"
+    assert "gres/gpu" not in allocated_tres(jobs["ingest_cohort"][0])
+    summary = (results / "metrics" / "summary.json").read_text()
+    assert '"macro_f1"' in summary

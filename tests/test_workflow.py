@@ -55,6 +55,15 @@ def test_dry_run_gpu_config(tmp_path):
     assert "nnUNetTrainerMultiTask__nnUNetResEncUNetMPlans__3d_fullres" in result.stdout
 
 
+def test_rulegraph_matches_the_one_in_the_readme():
+    result = snakemake("--rulegraph", "--quiet")
+    assert result.returncode == 0, result.stderr
+    svg = (REPO / "docs" / "rulegraph.svg").read_text()
+    for stage in STAGES | {"baseline_classifier", "all"}:
+        assert f'label = "{stage}"' in result.stdout, stage
+        assert f">{stage}<" in svg, f"docs/rulegraph.svg lacks {stage}: regenerate it"
+
+
 def test_lint_is_clean():
     result = snakemake("--lint")
     assert result.returncode == 0, result.stdout + result.stderr

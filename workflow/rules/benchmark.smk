@@ -22,7 +22,7 @@ rule benchmark_inference:
         mem_mb=16000,
         runtime=240,
     params:
-        model=MODEL,
+        model=model_folder,
         folds=FOLDS,
         dataset_id=config["dataset"]["id"],
         configuration=CONFIGURATION,

@@ -47,3 +47,12 @@ def cohort_files():
 
 def fold_checkpoints():
     return expand(f"{MODEL}/fold_{{fold}}/checkpoint_final.pth", fold=FOLDS)
+
+
+def model_folder(wildcards, input):
+    """nnU-Net results folder of the trained model: two levels above a fold checkpoint."""
+    return os.path.dirname(os.path.dirname(input.checkpoints[0]))
+
+
+def output_folder(wildcards, output):
+    return os.path.dirname(output[0])

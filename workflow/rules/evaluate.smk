@@ -32,7 +32,7 @@ rule evaluate_validation:
         mem_mb=4000,
         runtime=30,
     params:
-        output_dir=f"{RESULTS}/metrics",
+        output_dir=output_folder,
     script:
         "../scripts/evaluate_validation.py"
 

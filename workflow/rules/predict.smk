@@ -19,7 +19,7 @@ rule predict_split:
         mem_mb=16000,
         runtime=240,
     params:
-        model=MODEL,
+        model=model_folder,
         folds=FOLDS,
         checkpoint=config["predict"]["checkpoint"],
         device=config["train"]["device"],
