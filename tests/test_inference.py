@@ -94,8 +94,8 @@ def test_cli_passes_options_to_predictor(tmp_path, monkeypatch, classify_only):
     images = image_folder(tmp_path / "images", ["b_0000.nii.gz", "a_0000.nii.gz"])
     calls = {}
 
-    def fake_load(model_folder, folds, checkpoint, device, tta, step_size):
-        calls["load"] = (Path(model_folder), list(folds), checkpoint, device, tta, step_size)
+    def fake_load(model_folder, folds, checkpoint, device, tta, step_size, mirror_batch):
+        calls["load"] = (Path(model_folder), list(folds), checkpoint, device, tta, step_size, mirror_batch)
         return "predictor"
 
     def fake_predict(loaded, pairs, output_dir, write_masks=True):
@@ -105,9 +105,9 @@ def test_cli_passes_options_to_predictor(tmp_path, monkeypatch, classify_only):
     monkeypatch.setattr(predictor, "predict_cases", fake_predict)
     monkeypatch.setattr("torch.set_num_threads", lambda n: calls.setdefault("threads", n))
     args = ["-i", images, "-o", tmp_path / "out", "-m", model, "-f", 0, 1, "-device", "cpu",
-            "--disable_tta", "-step_size", 0.25, "--threads", 3]
+            "--disable_tta", "-step_size", 0.25, "--threads", 3, "--mirror_batch", 2]
     cli.main([str(a) for a in args] + (["--classify_only"] if classify_only else []))
-    assert calls["load"] == (model, [0, 1], "checkpoint_final.pth", "cpu", False, 0.25)
+    assert calls["load"] == (model, [0, 1], "checkpoint_final.pth", "cpu", False, 0.25, 2)
     assert calls["predict"] == ("predictor", ["a", "b"], tmp_path / "out", not classify_only)
     assert calls["threads"] == 3
 

@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--disable_tta", action="store_true",
                         help="no test-time mirroring (faster, slightly less accurate)")
+    parser.add_argument("--mirror_batch", type=int, default=8,
+                        help="mirrored copies of a tile per forward pass (lower on small GPUs)")
     parser.add_argument("--step_size", "-step_size", type=float, default=0.5,
                         help="sliding-window step as a fraction of the patch (default: 0.5)")
     parser.add_argument("--classify_only", action="store_true",
@@ -123,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         except RuntimeError:
             pass  # settable once per process, before any parallel work; main() ran here before
     predictor = load_predictor(
-        args.m, args.f, args.chk, str(device), tta=not args.disable_tta, step_size=args.step_size
+        args.m, args.f, args.chk, str(device), tta=not args.disable_tta, step_size=args.step_size,
+        mirror_batch=max(1, args.mirror_batch),
     )
     logger.info("%d cases from %s on %s, %d threads", len(images), args.i, device, threads)
     predict_cases(predictor, images, args.o, write_masks=not args.classify_only)

@@ -209,8 +209,9 @@ def predict_split(
     tta: bool = True,
     step_size: float = 0.5,
     threads: int = 1,
+    mirror_batch: int = 8,
 ) -> pd.DataFrame:
     """Masks and subtypes for every case of a split (validation or test)."""
     torch.set_num_threads(max(1, threads))
-    predictor = load_predictor(model_folder, folds, checkpoint, device, tta, step_size)
+    predictor = load_predictor(model_folder, folds, checkpoint, device, tta, step_size, mirror_batch)
     return predict_cases(predictor, split_images(raw_dataset_dir, subtype_table, split), output_dir)

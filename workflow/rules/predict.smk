@@ -25,6 +25,7 @@ rule predict_split:
         device=config["train"]["device"],
         tta=config["predict"]["tta"],
         step_size=config["predict"]["step_size"],
+        mirror_batch=config["predict"]["mirror_batch"],
     script:
         "../scripts/predict_split.py"
 

@@ -5,7 +5,9 @@ rule plan_and_preprocess:
         subtypes=rules.ingest_cohort.output.subtypes,
     output:
         plans=f"{PRE}/{PLANS}.json",
-        data=directory(f"{PRE}/{PLANS}_{CONFIGURATION}"),
+        # the preprocessed case folder is not a directory() output: Snakemake's timestamp file
+        # inside it would stop nnU-Net from inferring its dataset format
+        fingerprint=f"{PRE}/dataset_fingerprint.json",
         splits=f"{PRE}/splits_final.json",
         subtypes=f"{PRE}/subtypes.csv",
     log:

@@ -1,7 +1,7 @@
 rule train_fold:
     input:
         plans=rules.plan_and_preprocess.output.plans,
-        data=rules.plan_and_preprocess.output.data,
+        fingerprint=rules.plan_and_preprocess.output.fingerprint,
         splits=rules.plan_and_preprocess.output.splits,
         subtypes=rules.plan_and_preprocess.output.subtypes,
     output:

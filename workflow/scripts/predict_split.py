@@ -17,5 +17,6 @@ if __name__ == "__main__":
         device=snakemake.params.device,
         tta=snakemake.params.tta,
         step_size=snakemake.params.step_size,
+        mirror_batch=snakemake.params.mirror_batch,
         threads=snakemake.threads,
     )
