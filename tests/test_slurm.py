@@ -73,8 +73,8 @@ def run_snakemake_slurm(
         "--profile", str(SLURM_PROFILE),
         # The plugin otherwise waits 40 s before its first status check.
         "--slurm-init-seconds-before-status-checks", "5",
-        *extra_args,
         *targets,
+        *extra_args,
     ]  # fmt: skip
     return subprocess.run(
         cmd,
