@@ -232,3 +232,18 @@ def test_training_resumes_after_interruption(demo_run, tmp_path):
     epochs = [row["epoch"] for row in json.loads(monitor.read_text())]
     assert epochs == list(range(5))
     assert (fold / "checkpoint_final.pth").is_file()
+
+
+@pytest.mark.workflow
+def test_report_holds_every_plot(demo_run, tmp_path):
+    report = tmp_path / "report.html"
+    result = snakemake(
+        "--report", str(report), "all", "benchmark",
+        "--configfile", str(TINY), "--config", f"results_dir={demo_run}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = report.read_text()
+    assert "<html" in text[:2000].lower()
+    for name in ("confusion_matrix.png", "dsc_distributions.png", "training_curves.png",
+                 "prediction_counts.png", "summary.json", "inference_speed.png", "progress.png"):
+        assert name in text, name
