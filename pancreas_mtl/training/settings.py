@@ -33,7 +33,7 @@ class TrainerSettings:
     early_stopping_min_delta: float = 0.0
     score_seg_weight: float = 0.5
     checkpoint_every: int = 5
-    restore_best: bool = True
+    restore_best: bool = False
     case_level_refit: bool = True
     refit_c: float = 1.0
     unpredicted_warning_epochs: int = 5
@@ -87,7 +87,7 @@ def settings_from_config(train: dict) -> dict:
         "early_stopping_patience": stopping.get("patience", 100),
         "early_stopping_min_delta": stopping.get("min_delta", 0.0),
         "score_seg_weight": stopping.get("seg_weight", 0.5),
-        "restore_best": stopping.get("restore_best", True),
+        "restore_best": stopping.get("restore_best", False),
         "case_level_refit": train["case_level_refit"],
         "checkpoint_every": train["checkpoint_every"],
     }
