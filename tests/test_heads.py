@@ -80,6 +80,8 @@ def test_weighted_moments_matches_hand_sums():
     torch.testing.assert_close(s1[0], torch.tensor([[4.0, 40.0], [1.5, 15.0]]))
     torch.testing.assert_close(s2[0], torch.tensor([[10.0, 1000.0], [2.5, 250.0]]))
     torch.testing.assert_close(total[0, :, 0], torch.tensor([2.0, 1.0]))
+    _, first_only, _ = weighted_moments(features, weights, 1)
+    torch.testing.assert_close(first_only, s2[:, :1])
 
 
 def test_region_weights_lesion_core_rim_and_parenchyma():
@@ -121,7 +123,7 @@ def test_lesion_pooling_shapes():
     assert seg.shape == (2, 3, *SHAPE)
     width = 1 + 4 + 8  # stages -1 (input), 0 and 1
     assert evidence["sum"].shape == (2, 4, width)
-    assert evidence["sum_sq"].shape == (2, 4, width)
+    assert evidence["sum_sq"].shape == (2, 2, width)  # spread of lesion and core only
     assert evidence["weight"].shape == (2, 4, 3)
     assert net.head.describe(evidence).shape == (2, 9 * width)
     assert net.head.classify(evidence).shape == (2, NUM_SUBTYPES)

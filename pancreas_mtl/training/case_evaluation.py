@@ -50,10 +50,3 @@ def predict_case(
         evidence = add_evidence(evidence, {k: v.float() for k, v in ev.items()})
     logits = (logits / counts)[(slice(None), *slicer[1:])]
     return logits.numpy(), evidence
-
-
-def dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Dice of two boolean masks; 1.0 when both are empty."""
-    pred, ref = pred.astype(bool), ref.astype(bool)
-    denom = pred.sum() + ref.sum()
-    return 1.0 if denom == 0 else float(2 * np.logical_and(pred, ref).sum() / denom)

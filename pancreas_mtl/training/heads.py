@@ -36,17 +36,18 @@ def resize_weights(weights: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 def weighted_moments(
-    features: torch.Tensor, weights: torch.Tensor
+    features: torch.Tensor, weights: torch.Tensor, n_spread: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per region: sum of w*x, sum of w*x^2 and sum of w.
 
-    features (B, C, *s), weights (B, R, *s) -> (B, R, C), (B, R, C), (B, R, 1).
+    features (B, C, *s), weights (B, R, *s) -> (B, R, C), (B, R', C), (B, R, 1), where the
+    squares are summed for the first `n_spread` regions only (R' = n_spread, default all).
     """
     f = features.flatten(2).float()
-    w = weights.flatten(2).float()
-    s1 = torch.einsum("brn,bcn->brc", w, f)
-    s2 = torch.einsum("brn,bcn->brc", w, f * f)
-    return s1, s2, w.sum(-1, keepdim=True)
+    w = weights.flatten(2).float().transpose(1, 2)
+    s1 = torch.bmm(f, w).transpose(1, 2)
+    s2 = torch.bmm(f * f, w[:, :, :n_spread]).transpose(1, 2)
+    return s1, s2, w.sum(1).unsqueeze(-1)
 
 
 def region_weights(
@@ -143,7 +144,8 @@ class LesionPoolingHead(nn.Module):
         s1, s2, totals = [], [], []
         for stage in self.stages:
             feats = maps[stage + 1]
-            a, b, t = weighted_moments(feats, resize_weights(weights, feats.shape[2:]))
+            # spread is only described for the lesion and its core
+            a, b, t = weighted_moments(feats, resize_weights(weights, feats.shape[2:]), 2)
             s1.append(a)
             s2.append(b)
             totals.append(t)
@@ -158,7 +160,8 @@ class LesionPoolingHead(nn.Module):
         widths = torch.tensor(self.channels, device=evidence["weight"].device)
         weight = torch.repeat_interleave(evidence["weight"], widths, dim=-1)
         mean = evidence["sum"] / (weight + eps)
-        std = ((evidence["sum_sq"] / (weight + eps) - mean**2).clamp_min(0) + 1e-6).sqrt()
+        spread = evidence["sum_sq"] / (weight[:, :2] + eps) - mean[:, :2] ** 2
+        std = (spread.clamp_min(0) + 1e-6).sqrt()
         lesion, core, rim, parenchyma = mean.unbind(1)
         return torch.cat(
             [

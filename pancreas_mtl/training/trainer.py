@@ -21,7 +21,8 @@ from nnunetv2.utilities.helpers import dummy_context
 from sklearn.utils.class_weight import compute_class_weight
 from torch import autocast, nn
 
-from .case_evaluation import dice, predict_case
+from ..evaluation.metrics import dice
+from .case_evaluation import predict_case
 from .early_stopping import stopping_state
 from .heads import HEADS, NUM_SUBTYPES, MultiTaskUNet, stage_channels
 from .monitor import (
