@@ -12,7 +12,6 @@ TRAINER_NAMES = {
     "lesion_pooling": "nnUNetTrainerMultiTask",
     "attention_fusion": "nnUNetTrainerMultiTaskAttention",
 }
-STOCK_TRAINER = "nnUNetTrainer"
 
 
 def dataset_name(dataset_id: int, name: str) -> str:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pandas as pd
-
+from ..nnunet_dataset import read_subtype_table
 from .metrics import evaluate_split
 from .plots import (
     plot_confusion_matrix,
@@ -18,7 +17,7 @@ from .plots import (
 
 def validation_references(raw_dataset_dir: str | os.PathLike, subtype_table: str | os.PathLike):
     """(case_id, reference mask, subtype) of every validation case."""
-    table = pd.read_csv(subtype_table, dtype={"case_id": str})
+    table = read_subtype_table(subtype_table)
     table = table[table["split"] == "validation"].sort_values("case_id")
     labels = Path(raw_dataset_dir) / "labelsTr"
     return [(c, labels / f"{c}.nii.gz", int(s)) for c, s in zip(table["case_id"], table["subtype"])]

@@ -22,6 +22,7 @@ from nnunetv2.inference.export_prediction import export_prediction_from_logits
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 
+from ..nnunet_dataset import read_subtype_table
 from ..training.heads import NUM_SUBTYPES, add_evidence
 from ..training.run import ensure_ext_trainer_path, resolve_device
 
@@ -189,7 +190,7 @@ def predict_cases(
 
 def split_images(raw_dataset_dir: str | os.PathLike, subtype_table: str | os.PathLike, split: str):
     """(case_id, image file) pairs of one split, from the raw dataset written by `dataset`."""
-    table = pd.read_csv(subtype_table, dtype={"case_id": str})
+    table = read_subtype_table(subtype_table)
     cases = sorted(table.loc[table["split"] == split, "case_id"])
     if not cases:
         raise ValueError(f"{subtype_table} lists no {split} cases")

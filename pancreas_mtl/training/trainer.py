@@ -13,7 +13,6 @@ import os
 from os.path import join
 
 import numpy as np
-import pandas as pd
 import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -22,6 +21,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import autocast, nn
 
 from ..evaluation.metrics import dice
+from ..nnunet_dataset import read_subtype_table
 from .case_evaluation import predict_case
 from .early_stopping import stopping_state
 from .heads import HEADS, NUM_SUBTYPES, MultiTaskUNet, stage_channels
@@ -57,8 +57,7 @@ class GroupPolyLRScheduler(PolyLRScheduler):
 
 def read_subtypes(path: str) -> dict[str, int]:
     """case id -> subtype for every labelled case of the subtype table."""
-    table = pd.read_csv(path, dtype={"case_id": str})
-    table = table.dropna(subset=["subtype"])
+    table = read_subtype_table(path).dropna(subset=["subtype"])
     return {str(k): int(v) for k, v in zip(table["case_id"], table["subtype"])}
 
 
