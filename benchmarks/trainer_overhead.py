@@ -1,11 +1,14 @@
 """Seconds per training iteration: the multi-task trainer against stock nnUNetTrainer.
 
 Both trainers use the same plans, configuration and preprocessed data of an existing results
-folder; iterations are timed in interleaved blocks after a warm-up. Prints the ratio (goal <= 1.10).
+folder, and the multi-task trainer the settings of the workflow config; iterations are timed in
+interleaved blocks after a warm-up. Prints the ratio (goal <= 1.10).
 
-Usage: python benchmarks/trainer_overhead.py RESULTS_DIR [ITERATIONS]
+Usage: python benchmarks/trainer_overhead.py RESULTS_DIR [ITERATIONS] [CONFIG]
+       (CONFIG defaults to config/config.yaml)
 """
 
+import json
 import os
 import sys
 import tempfile
@@ -14,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 
 
 def build(trainer_name: str, dataset_id: int, configuration: str, plans: str):
@@ -39,18 +44,25 @@ def time_block(trainer, n: int) -> float:
 def main() -> None:
     results = Path(sys.argv[1]).resolve()
     iterations = int(sys.argv[2]) if len(sys.argv) > 2 else 40
+    config_file = Path(sys.argv[3]) if len(sys.argv) > 3 else REPO / "config" / "config.yaml"
     from pancreas_mtl.logs import set_nnunet_paths
     from pancreas_mtl.training.run import ensure_ext_trainer_path
+    from pancreas_mtl.training.settings import SETTINGS_ENV, settings_from_config
 
+    config = yaml.safe_load(config_file.read_text())
     scratch = tempfile.mkdtemp()
+    settings = Path(scratch) / "settings.json"
+    settings.write_text(json.dumps(settings_from_config(config["train"])))
+    os.environ[SETTINGS_ENV] = str(settings)
     set_nnunet_paths(results / "nnUNet_raw", results / "nnUNet_preprocessed", scratch)
     ensure_ext_trainer_path()
     os.environ["nnUNet_extTrainer"] += os.pathsep + str(HERE / "stock_trainer")
     os.environ.setdefault("nnUNet_n_proc_DA", "1")
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
-    ours = build("nnUNetTrainerMultiTask", 501, "3d_cpu", "nnUNetPlans")
+    dataset_id, configuration = config["dataset"]["id"], config["plan"]["configuration"]
+    ours = build("nnUNetTrainerMultiTask", dataset_id, configuration, "nnUNetPlans")
     ours.settings.cls_warmup_epochs = 0  # time the full multi-task step, head loss included
-    stock = build("nnUNetTrainerStockSchedule", 501, "3d_cpu", "nnUNetPlans")
+    stock = build("nnUNetTrainerStockSchedule", dataset_id, configuration, "nnUNetPlans")
     for trainer in (ours, stock):
         time_block(trainer, 5)
     block = max(1, iterations // 4)

@@ -18,6 +18,7 @@ from pancreas_mtl.training.heads import (
     add_evidence,
     region_weights,
     resize_weights,
+    scale_gradient,
     stage_channels,
     weighted_moments,
 )
@@ -337,6 +338,43 @@ def test_classification_gradient_reaches_head_and_first_encoder_stage():
     assert stage0 and any(p.grad.abs().sum() > 0 for p in stage0)
     # the segmentation output is not part of this loss
     assert all(p.grad is None for p in net.decoder.seg_layers.parameters())
+
+
+def encoder_gradient_of_classification(encoder_gradient: float) -> list[torch.Tensor]:
+    net = make_multitask().train()
+    whole, lesion = masks()
+    torch.manual_seed(0)  # the same dropout mask in every call
+    _, evidence = net.forward_multitask(image(), whole, lesion, encoder_gradient=encoder_gradient)
+    logits = net.head.classify(evidence)
+    nn.functional.cross_entropy(logits, torch.tensor([0, 2])).backward()
+    assert all(p.grad is not None for p in net.head.classifier.parameters())
+    return [
+        torch.zeros_like(p) if p.grad is None else p.grad
+        for p in net.encoder.stages[0].parameters()
+    ]
+
+
+def test_encoder_gradient_scales_the_classification_gradient_into_the_encoder():
+    full = encoder_gradient_of_classification(1.0)
+    tenth = encoder_gradient_of_classification(0.1)
+    detached = encoder_gradient_of_classification(0.0)
+    assert any(g.abs().sum() > 0 for g in full)
+    full, tenth = torch.cat([g.flatten() for g in full]), torch.cat([g.flatten() for g in tenth])
+    torch.testing.assert_close(tenth, 0.1 * full, rtol=1e-4, atol=1e-5 * float(full.abs().max()))
+    # 0: the encoder learns from the segmentation loss alone; the head still learns
+    assert all(g.abs().sum() == 0 for g in detached)
+    assert full.abs().max() > 0
+
+
+def test_scale_gradient_is_the_identity_forward():
+    x = torch.randn(3, 4, requires_grad=True)
+    assert not scale_gradient(x, 0.0).requires_grad
+    for factor in (0.3, 1.0):
+        y = scale_gradient(x, factor)
+        torch.testing.assert_close(y, x)
+        (y * 2).sum().backward()
+        torch.testing.assert_close(x.grad, torch.full_like(x, 2 * factor))
+        x.grad = None
 
 
 def test_running_standardizer_first_batch_then_running_average():

@@ -20,6 +20,7 @@ from pancreas_mtl.training.settings import (
 from pancreas_mtl.training.trainer import (
     GroupPolyLRScheduler,
     class_weights,
+    nnUNetTrainerMultiTask,
     read_subtypes,
     reference_regions,
 )
@@ -105,6 +106,7 @@ def test_settings_from_config_carries_the_workflow_values_over():
         "cls_ramp_epochs": train["cls_ramp_epochs"],
         "head_lr_multiplier": train["head_lr_multiplier"],
         "head_momentum": train["head_momentum"],
+        "head_encoder_gradient": train["head_encoder_gradient"],
         "case_level_refit": train["case_level_refit"],
         "class_weighting": train["class_weighting"],
         "early_stopping_patience": stopping["patience"],
@@ -199,3 +201,15 @@ def test_group_poly_lr_counts_steps_itself():
 
 def nn_param() -> torch.nn.Parameter:
     return torch.nn.Parameter(torch.zeros(1))
+
+
+def test_backbone_and_head_gradients_are_clipped_apart():
+    backbone, head = torch.zeros(4, requires_grad=True), torch.zeros(2, requires_grad=True)
+    trainer = nnUNetTrainerMultiTask.__new__(nnUNetTrainerMultiTask)
+    trainer.settings = TrainerSettings(grad_clip=1.0)
+    trainer.optimizer = torch.optim.SGD([{"params": [backbone]}, {"params": [head]}], lr=0.1)
+    backbone.grad = torch.full((4,), 0.3)  # norm 0.6: under the limit, untouched
+    head.grad = torch.tensor([30.0, 40.0])  # norm 50: clipped to 1 without touching the backbone
+    trainer.clip_gradients()
+    torch.testing.assert_close(backbone.grad, torch.full((4,), 0.3))
+    torch.testing.assert_close(head.grad, torch.tensor([0.6, 0.8]), rtol=1e-4, atol=1e-6)

@@ -28,6 +28,15 @@ def add_evidence(a: Evidence | None, b: Evidence) -> Evidence:
     return {k: a[k] + b[k] for k in a}
 
 
+def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Identity forward; the backward gradient is multiplied by `factor` (0 detaches)."""
+    if factor == 1:
+        return x
+    if factor == 0:
+        return x.detach()
+    return x * factor + x.detach() * (1 - factor)
+
+
 def resize_weights(weights: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Average a (B, R, *spatial) weight map down to a feature map's spatial size."""
     if tuple(weights.shape[2:]) == tuple(size):
@@ -285,17 +294,21 @@ class MultiTaskUNet(nn.Module):
         whole: torch.Tensor | None = None,
         lesion: torch.Tensor | None = None,
         voxel_weight: torch.Tensor | None = None,
+        encoder_gradient: float = 1.0,
     ):
         """Segmentation logits and head evidence from one forward pass.
 
-        Training passes the reference regions. Without them the network's own prediction is
+        Training passes the reference regions; `encoder_gradient` scales the classification
+        gradient that reaches the shared encoder through them (0: the encoder learns from the
+        segmentation loss alone, exactly as in stock nnU-Net). Without them the network's own prediction is
         used twice: binarised at 0.5 (as the reference masks are) and soft, the soft evidence
         (keys prefixed `soft_`) only serving cases where nothing passes 0.5.
         """
         skips = self.encoder(x)
         seg = self.decoder(skips)
         if whole is not None and lesion is not None:
-            return seg, self.head.pool(x, skips, whole, lesion, voxel_weight)
+            head_skips = [scale_gradient(s, encoder_gradient) for s in skips]
+            return seg, self.head.pool(x, head_skips, whole, lesion, voxel_weight)
         full = seg[0] if isinstance(seg, (list, tuple)) else seg
         p_whole, p_lesion = self.region_probabilities(full.detach())
         evidence = self.head.pool(

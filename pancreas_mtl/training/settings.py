@@ -27,6 +27,7 @@ class TrainerSettings:
     cls_ramp_epochs: int = 15
     head_lr_multiplier: float = 4.0
     head_momentum: float = 0.9
+    head_encoder_gradient: float = 1.0
     class_weighting: str = "balanced"
     intensity_augmentation: float = 0.5
     early_stopping_patience: int = 100
@@ -82,6 +83,7 @@ def settings_from_config(train: dict) -> dict:
         "cls_ramp_epochs": train["cls_ramp_epochs"],
         "head_lr_multiplier": train["head_lr_multiplier"],
         "head_momentum": train["head_momentum"],
+        "head_encoder_gradient": train["head_encoder_gradient"],
         "class_weighting": train["class_weighting"],
         "intensity_augmentation": train["intensity_augmentation"],
         "early_stopping_patience": stopping.get("patience", 100),

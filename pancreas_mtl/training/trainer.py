@@ -231,7 +231,9 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
 
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            seg, evidence = self._model.forward_multitask(data, whole, lesion)
+            seg, evidence = self._model.forward_multitask(
+                data, whole, lesion, encoder_gradient=self.settings.head_encoder_gradient
+            )
             seg_loss = self.loss(seg, target)
         logits = self._model.head.classify(evidence)
         has_lesion = self._model.head.lesion_voxels(evidence) >= 1
@@ -244,12 +246,12 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.settings.grad_clip)
+            self.clip_gradients()
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.settings.grad_clip)
+            self.clip_gradients()
             self.optimizer.step()
         pred = torch.where(has_lesion, logits.argmax(1), torch.full_like(labels, -1))
         return {
@@ -257,6 +259,15 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
             "cls_loss": cls_loss.detach().cpu().numpy(),
             "pred": pred.cpu().numpy(),
         }
+
+    def clip_gradients(self) -> None:
+        """Clip the backbone's and the head's gradient norms separately.
+
+        One joint norm would let a large classification gradient shrink the segmentation update;
+        apart, the backbone is clipped exactly as stock nnU-Net clips its network.
+        """
+        for group in self.optimizer.param_groups:
+            torch.nn.utils.clip_grad_norm_(group["params"], self.settings.grad_clip)
 
     def on_train_epoch_end(self, train_outputs: list[dict]):
         super().on_train_epoch_end(train_outputs)
