@@ -27,9 +27,9 @@ class TrainerSettings:
     cls_ramp_epochs: int = 15
     head_lr_multiplier: float = 4.0
     head_momentum: float = 0.9
-    head_encoder_gradient: float = 1.0
+    head_encoder_gradient: float = 0.0
     class_weighting: str = "balanced"
-    intensity_augmentation: float = 0.5
+    intensity_augmentation: float = 1.0
     early_stopping_patience: int = 100
     early_stopping_min_delta: float = 0.0
     score_seg_weight: float = 0.5
