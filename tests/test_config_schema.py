@@ -117,3 +117,13 @@ def test_gpu_config_validates_and_selects_the_full_recipe():
 )
 def test_wrong_values_are_rejected_naming_the_key(config, key):
     assert f"'{key}'" in error_text(config)
+
+
+def test_heldout_like_benchmark_config_overlays_the_default():
+    config = load("config.yaml")
+    with open(ROOT / "benchmarks" / "heldout_like.yaml") as f:
+        overlay = yaml.safe_load(f)
+    config["results_dir"] = overlay["results_dir"]
+    config["demo"].update(overlay["demo"])
+    validate(config, SCHEMA)
+    assert config["demo"] == {"n_train": 60, "n_validation": 24, "n_test": 24, "seed": 7}

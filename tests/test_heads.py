@@ -81,8 +81,8 @@ def test_weighted_moments_matches_hand_sums():
     torch.testing.assert_close(s1[0], torch.tensor([[4.0, 40.0], [1.5, 15.0]]))
     torch.testing.assert_close(s2[0], torch.tensor([[10.0, 1000.0], [2.5, 250.0]]))
     torch.testing.assert_close(total[0, :, 0], torch.tensor([2.0, 1.0]))
-    _, first_only, _ = weighted_moments(features, weights, 1)
-    torch.testing.assert_close(first_only, s2[:, :1])
+    _, second_only, _ = weighted_moments(features, weights, [1])
+    torch.testing.assert_close(second_only, s2[:, 1:])
 
 
 def test_region_weights_lesion_core_rim_and_parenchyma():
@@ -124,9 +124,9 @@ def test_lesion_pooling_shapes():
     assert seg.shape == (2, 3, *SHAPE)
     width = 1 + 4 + 8  # stages -1 (input), 0 and 1
     assert evidence["sum"].shape == (2, 4, width)
-    assert evidence["sum_sq"].shape == (2, 2, width)  # spread of lesion and core only
+    assert evidence["sum_sq"].shape == (2, 3, width)  # spread of lesion, core and parenchyma
     assert evidence["weight"].shape == (2, 4, 3)
-    assert net.head.describe(evidence).shape == (2, 9 * width)
+    assert net.head.describe(evidence).shape == (2, 11 * width)
     assert net.head.classify(evidence).shape == (2, NUM_SUBTYPES)
 
 
@@ -163,6 +163,10 @@ def test_lesion_statistics_of_the_input_stage_match_numpy():
         np.testing.assert_allclose(descriptor[b, 5 * width].item(), xs[b][par].mean(), rtol=1e-3, atol=1e-4)
         np.testing.assert_allclose(
             descriptor[b, 6 * width].item(), lesion_mean - xs[b][par].mean(), rtol=1e-3, atol=1e-4
+        )
+        np.testing.assert_allclose(descriptor[b, 9 * width].item(), xs[b][par].std(), rtol=1e-2, atol=1e-3)
+        np.testing.assert_allclose(
+            descriptor[b, 10 * width].item(), xs[b][les].std() - xs[b][par].std(), rtol=1e-2, atol=1e-3
         )
 
 
@@ -426,3 +430,18 @@ def test_classify_is_the_output_layer_of_hidden_features():
         hidden = net.hidden_features(evidence)
         assert hidden.shape == (2, net.head.classifier[-1].in_features)
         torch.testing.assert_close(net.classify(evidence), net.head.classifier[-1](hidden))
+
+
+def test_output_layer_sees_the_hidden_layer_and_the_image_statistics():
+    net = make_multitask().eval()
+    whole, lesion = masks()
+    with torch.no_grad():
+        _, evidence = net.forward_multitask(image(), whole, lesion)
+        hidden = net.head.hidden_features(evidence)
+        standardized = net.head.standardize(net.head.describe(evidence))
+    width = 1 + 4 + 8
+    n_hidden = net.head.classifier[0].out_features
+    assert hidden.shape == (2, n_hidden + 11)  # one input channel, eleven statistics
+    torch.testing.assert_close(hidden[:, n_hidden:], standardized[:, ::width])
+    # without the input stage there is no direct path
+    assert LesionPoolingHead([1, 4, 8, 16], stages=(0, 1)).classifier[-1].in_features == n_hidden

@@ -23,6 +23,7 @@ from pancreas_mtl.training.trainer import (
     nnUNetTrainerMultiTask,
     read_subtypes,
     reference_regions,
+    standardized_logistic_regression,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,3 +214,24 @@ def test_backbone_and_head_gradients_are_clipped_apart():
     trainer.clip_gradients()
     torch.testing.assert_close(backbone.grad, torch.full((4,), 0.3))
     torch.testing.assert_close(head.grad, torch.tensor([0.6, 0.8]), rtol=1e-4, atol=1e-6)
+
+
+def test_standardized_logistic_regression_folds_the_scaler_into_one_linear_layer():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 10)
+    # features on very different scales, one of them constant
+    features = np.column_stack(
+        [labels * 100.0 + rng.normal(0, 30, 30), labels * 0.01 + rng.normal(0, 0.02, 30), np.full(30, 5.0)]
+    )
+    weights = np.array([1.0, 2.0, 0.5])
+    coef, intercept = standardized_logistic_regression(features, labels, weights, 1.0)
+    scaler = StandardScaler().fit(features)
+    reference = LogisticRegression(C=1.0, class_weight={0: 1.0, 1: 2.0, 2: 0.5}, max_iter=5000)
+    reference.fit(scaler.transform(features), labels)
+    np.testing.assert_allclose(
+        features @ coef.T + intercept, reference.decision_function(scaler.transform(features)), atol=1e-8
+    )
+    assert np.isfinite(coef).all()

@@ -45,17 +45,18 @@ def resize_weights(weights: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 def weighted_moments(
-    features: torch.Tensor, weights: torch.Tensor, n_spread: int | None = None
+    features: torch.Tensor, weights: torch.Tensor, spread_regions: Sequence[int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per region: sum of w*x, sum of w*x^2 and sum of w.
 
     features (B, C, *s), weights (B, R, *s) -> (B, R, C), (B, R', C), (B, R, 1), where the
-    squares are summed for the first `n_spread` regions only (R' = n_spread, default all).
+    squares are summed for `spread_regions` only (R' of them; default all R).
     """
     f = features.flatten(2).float()
     w = weights.flatten(2).float().transpose(1, 2)
     s1 = torch.bmm(f, w).transpose(1, 2)
-    s2 = torch.bmm(f * f, w[:, :, :n_spread]).transpose(1, 2)
+    w2 = w if spread_regions is None else w[:, :, list(spread_regions)]
+    s2 = torch.bmm(f * f, w2).transpose(1, 2)
     return s1, s2, w.sum(1).unsqueeze(-1)
 
 
@@ -109,13 +110,16 @@ class LesionPoolingHead(nn.Module):
     """Subtype from lesion-restricted statistics of the input and shallow encoder stages.
 
     For each chosen stage (-1 is the input image) the head pools the feature mean and spread
-    inside the lesion and inside its core, the mean in a thin rim around it (margin) and in the
-    pancreatic parenchyma (contrast). Shallow stages keep the density, margin and texture that
+    inside the lesion and inside its core, the mean in a thin rim around it (margin), and the
+    mean and spread in the pancreatic parenchyma (contrast, and the case's own noise level). Shallow stages keep the density, margin and texture that
     tell subtypes apart; deep stages mostly know where the organ is.
     """
 
     regions = ("lesion", "core", "rim", "parenchyma")
-    stats_per_channel = 9
+    # spread of the lesion, its core and the parenchyma: the lesion's texture against the case's own
+    # noise level, which varies between scanners as much as it does between subtypes
+    spread_regions = (0, 1, 3)
+    stats_per_channel = 11
 
     def __init__(
         self,
@@ -128,13 +132,22 @@ class LesionPoolingHead(nn.Module):
         super().__init__()
         self.stages = tuple(int(s) for s in stages)
         self.channels = [int(stage_channels[s + 1]) for s in self.stages]
-        n_in = self.stats_per_channel * sum(self.channels)
+        width = sum(self.channels)
+        n_in = self.stats_per_channel * width
+        # the image's own statistics (stage -1) also reach the output layer directly: a handful of
+        # radiometric features that a few dozen cases can fit, beside the hidden layer's mix
+        direct = []
+        if -1 in self.stages:
+            offset = sum(self.channels[: self.stages.index(-1)])
+            direct = [block * width + offset + c for block in range(self.stats_per_channel)
+                      for c in range(self.channels[self.stages.index(-1)])]
+        self.register_buffer("direct_index", torch.tensor(direct, dtype=torch.long), persistent=False)
         self.standardize = RunningStandardizer(n_in)
         self.classifier = nn.Sequential(
             nn.Linear(n_in, hidden),
             nn.LeakyReLU(inplace=True),
             nn.Dropout(dropout),
-            nn.Linear(hidden, num_classes),
+            nn.Linear(hidden + len(direct), num_classes),
         )
 
     def pool(
@@ -153,8 +166,9 @@ class LesionPoolingHead(nn.Module):
         s1, s2, totals = [], [], []
         for stage in self.stages:
             feats = maps[stage + 1]
-            # spread is only described for the lesion and its core
-            a, b, t = weighted_moments(feats, resize_weights(weights, feats.shape[2:]), 2)
+            a, b, t = weighted_moments(
+                feats, resize_weights(weights, feats.shape[2:]), self.spread_regions
+            )
             s1.append(a)
             s2.append(b)
             totals.append(t)
@@ -165,36 +179,42 @@ class LesionPoolingHead(nn.Module):
         }
 
     def describe(self, evidence: Evidence, eps: float = 1e-3) -> torch.Tensor:
-        """Fixed-length case descriptor from evidence: (B, 9 * sum(channels))."""
+        """Fixed-length case descriptor from evidence: (B, 11 * sum(channels))."""
         widths = torch.tensor(self.channels, device=evidence["weight"].device)
         weight = torch.repeat_interleave(evidence["weight"], widths, dim=-1)
         mean = evidence["sum"] / (weight + eps)
-        spread = evidence["sum_sq"] / (weight[:, :2] + eps) - mean[:, :2] ** 2
-        std = (spread.clamp_min(0) + 1e-6).sqrt()
+        spread_idx = list(self.spread_regions)
+        spread = evidence["sum_sq"] / (weight[:, spread_idx] + eps) - mean[:, spread_idx] ** 2
+        lesion_std, core_std, parenchyma_std = (spread.clamp_min(0) + 1e-6).sqrt().unbind(1)
         lesion, core, rim, parenchyma = mean.unbind(1)
         return torch.cat(
             [
                 lesion,
-                std[:, 0],
+                lesion_std,
                 core,
-                std[:, 1],
+                core_std,
                 rim,
                 parenchyma,
                 lesion - parenchyma,
                 core - lesion,
                 rim - lesion,
+                parenchyma_std,
+                lesion_std - parenchyma_std,
             ],
             -1,
         )
 
     def hidden_features(self, evidence: Evidence) -> torch.Tensor:
-        """Activations feeding the output layer: (B, hidden)."""
+        """Activations feeding the output layer: (B, hidden + direct image statistics)."""
         descriptor = self.describe(evidence)
         if self.training:
             with_lesion = self.lesion_voxels(evidence) >= 1
             if with_lesion.any():
                 self.standardize.update(descriptor[with_lesion].detach())
-        return self.classifier[:-1](self.standardize(descriptor))
+        standardized = self.standardize(descriptor)
+        return torch.cat(
+            [self.classifier[:-1](standardized), standardized[:, self.direct_index]], 1
+        )
 
     def classify(self, evidence: Evidence) -> torch.Tensor:
         return self.classifier[-1](self.hidden_features(evidence))

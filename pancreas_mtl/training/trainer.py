@@ -73,6 +73,26 @@ def class_weights(labels: list[int], scheme: str) -> np.ndarray:
     return weights
 
 
+def standardized_logistic_regression(
+    features: np.ndarray, labels: np.ndarray, weights: np.ndarray, c: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class-weighted logistic regression on standardised features, folded back into one linear
+    layer on the raw features: (coef (K, F), intercept (K,)).
+
+    Standardising puts the hidden activations and the image statistics on one scale, so the L2
+    penalty treats them alike; constant features get unit scale.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(features)
+    model = LogisticRegression(C=c, class_weight=dict(enumerate(weights)), max_iter=5000)
+    model.fit(scaler.transform(features), labels)
+    coef = model.coef_ / scaler.scale_
+    intercept = model.intercept_ - coef @ scaler.mean_
+    return coef, intercept
+
+
 def reference_regions(target: torch.Tensor, regions: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(whole pancreas, lesion) masks (B, 1, *s) from nnU-Net's full-resolution target."""
     if regions:
@@ -410,8 +430,6 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
         regions. A class-weighted logistic regression on the case-level activations of the
         training split aligns the two.
         """
-        from sklearn.linear_model import LogisticRegression
-
         tr_keys = [k for k in self.do_split()[0] if k in self.subtype_of]
         labels = np.array([self.subtype_of[k] for k in tr_keys])
         if len(np.unique(labels)) < NUM_SUBTYPES:
@@ -419,13 +437,14 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
             return
         before = self.evaluate_validation_cases()
         weights = class_weights(list(labels), self.settings.class_weighting)
-        model = LogisticRegression(
-            C=self.settings.refit_c, class_weight=dict(enumerate(weights)), max_iter=5000
-        ).fit(self.case_hidden_features(tr_keys), labels)
+        features = self.case_hidden_features(tr_keys)
+        coef, intercept = standardized_logistic_regression(
+            features, labels, weights, self.settings.refit_c
+        )
         output = self._model.head.classifier[-1]
         with torch.no_grad():
-            output.weight.copy_(torch.as_tensor(model.coef_, dtype=output.weight.dtype))
-            output.bias.copy_(torch.as_tensor(model.intercept_, dtype=output.bias.dtype))
+            output.weight.copy_(torch.as_tensor(coef, dtype=output.weight.dtype))
+            output.bias.copy_(torch.as_tensor(intercept, dtype=output.bias.dtype))
         after = self.evaluate_validation_cases()
         self.print_to_log_file(
             f"case-level refit of the output layer on {len(tr_keys)} training cases: "
