@@ -134,7 +134,7 @@ def test_training_monitor_sees_every_class(demo_run):
     fold = _model_dir(demo_run) / "fold_0"
     assert (fold / "checkpoint_final.pth").is_file()
     monitor = json.loads((fold / "classification_monitor.json").read_text())
-    assert [row["epoch"] for row in monitor] == list(range(8))
+    assert [row["epoch"] for row in monitor] == list(range(10))
     predicted = np.zeros(3, dtype=int)
     for row in monitor:
         predicted += np.array(row["train_pred_counts"]) + np.array(row["pred_counts"])
