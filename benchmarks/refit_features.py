@@ -24,41 +24,38 @@ REPO = HERE.parent
 
 
 def case_features(results: Path, config: dict) -> dict:
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
-    from pancreas_mtl.naming import dataset_name, trainer_name
+    from pancreas_mtl.inference.predictor import load_predictor
+    from pancreas_mtl.naming import dataset_name, model_folder_name, plans_identifier, trainer_name
     from pancreas_mtl.training.case_evaluation import predict_case
     from pancreas_mtl.training.trainer import read_subtypes
 
     dataset = dataset_name(config["dataset"]["id"], config["dataset"]["name"])
-    conf = config["plan"]["configuration"]
-    model = next((results / "nnUNet_results" / dataset).glob(f"{trainer_name(config['train']['head'])}__*__{conf}"))
-    predictor = nnUNetPredictor(device=torch.device("cpu"), allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(model), [0], "checkpoint_final.pth")
-    net = predictor.network
-    net.load_state_dict(predictor.list_of_parameters[0])
-    net.eval()
+    plans = plans_identifier(config["plan"]["planner"])
+    model = results / "nnUNet_results" / dataset / model_folder_name(
+        trainer_name(config["train"]["head"]), plans, config["plan"]["configuration"]
+    )
+    predictor = load_predictor(model, [0], device="cpu", tta=False)
+    net = predictor.network.eval()
+    patch_size = predictor.configuration_manager.patch_size
     preprocessed = results / "nnUNet_preprocessed" / dataset
-    folder = preprocessed / predictor.configuration_manager.data_identifier
+    folder = str(preprocessed / predictor.configuration_manager.data_identifier)
     split = json.loads((preprocessed / "splits_final.json").read_text())[0]
     subtype = read_subtypes(str(results / "dataset" / "subtypes.csv"))
     rows = {"train": [], "val": []}
     with torch.no_grad():
         for part in rows:
-            cases = infer_dataset_class(str(folder))(str(folder), split[part])
+            cases = infer_dataset_class(folder)(folder, split[part])
             for key in split[part]:
-                data = cases.load_case(key)[0]
-                _, evidence = predict_case(net, data, predictor.configuration_manager.patch_size,
-                                           torch.device("cpu"))
+                _, evidence = predict_case(net, cases.load_case(key)[0], patch_size, torch.device("cpu"))
                 hard = {k: v for k, v in evidence.items() if not k.startswith("soft_")}
                 rows[part].append({
                     "y": subtype[key],
                     "descriptor": net.head.describe(hard)[0].numpy(),
                     "output_inputs": net.hidden_features(evidence)[0].numpy(),
                 })
-    return {"rows": rows, "n_hidden": net.head.classifier[0].out_features,
-            "n_image": int(net.head.direct_index.numel())}
+    return {"rows": rows, "n_hidden": net.head.classifier[0].out_features}
 
 
 def main() -> None:

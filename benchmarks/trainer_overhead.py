@@ -46,6 +46,7 @@ def main() -> None:
     iterations = int(sys.argv[2]) if len(sys.argv) > 2 else 40
     config_file = Path(sys.argv[3]) if len(sys.argv) > 3 else REPO / "config" / "config.yaml"
     from pancreas_mtl.logs import set_nnunet_paths
+    from pancreas_mtl.naming import plans_identifier
     from pancreas_mtl.training.run import ensure_ext_trainer_path
     from pancreas_mtl.training.settings import SETTINGS_ENV, settings_from_config
 
@@ -60,9 +61,10 @@ def main() -> None:
     os.environ.setdefault("nnUNet_n_proc_DA", "1")
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     dataset_id, configuration = config["dataset"]["id"], config["plan"]["configuration"]
-    ours = build("nnUNetTrainerMultiTask", dataset_id, configuration, "nnUNetPlans")
+    plans = plans_identifier(config["plan"]["planner"])
+    ours = build("nnUNetTrainerMultiTask", dataset_id, configuration, plans)
     ours.settings.cls_warmup_epochs = 0  # time the full multi-task step, head loss included
-    stock = build("nnUNetTrainerStockSchedule", dataset_id, configuration, "nnUNetPlans")
+    stock = build("nnUNetTrainerStockSchedule", dataset_id, configuration, plans)
     for trainer in (ours, stock):
         time_block(trainer, 5)
     block = max(1, iterations // 4)

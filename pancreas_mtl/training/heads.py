@@ -111,8 +111,9 @@ class LesionPoolingHead(nn.Module):
 
     For each chosen stage (-1 is the input image) the head pools the feature mean and spread
     inside the lesion and inside its core, the mean in a thin rim around it (margin), and the
-    mean and spread in the pancreatic parenchyma (contrast, and the case's own noise level). Shallow stages keep the density, margin and texture that
-    tell subtypes apart; deep stages mostly know where the organ is.
+    mean and spread in the pancreatic parenchyma (contrast, and the case's own noise level).
+    Shallow stages keep the density, margin and texture that tell subtypes apart; deep stages
+    mostly know where the organ is.
     """
 
     regions = ("lesion", "core", "rim", "parenchyma")
@@ -132,22 +133,21 @@ class LesionPoolingHead(nn.Module):
         super().__init__()
         self.stages = tuple(int(s) for s in stages)
         self.channels = [int(stage_channels[s + 1]) for s in self.stages]
-        width = sum(self.channels)
-        n_in = self.stats_per_channel * width
+        n_in = self.stats_per_channel * sum(self.channels)
         # the image's own statistics (stage -1) also reach the output layer directly: a handful of
         # radiometric features that a few dozen cases can fit, beside the hidden layer's mix
-        direct = []
+        self.direct = slice(0, 0)
         if -1 in self.stages:
-            offset = sum(self.channels[: self.stages.index(-1)])
-            direct = [block * width + offset + c for block in range(self.stats_per_channel)
-                      for c in range(self.channels[self.stages.index(-1)])]
-        self.register_buffer("direct_index", torch.tensor(direct, dtype=torch.long), persistent=False)
+            i = self.stages.index(-1)
+            start = sum(self.channels[:i])
+            self.direct = slice(start, start + self.channels[i])
+        n_direct = self.stats_per_channel * (self.direct.stop - self.direct.start)
         self.standardize = RunningStandardizer(n_in)
         self.classifier = nn.Sequential(
             nn.Linear(n_in, hidden),
             nn.LeakyReLU(inplace=True),
             nn.Dropout(dropout),
-            nn.Linear(hidden + len(direct), num_classes),
+            nn.Linear(hidden + n_direct, num_classes),
         )
 
     def pool(
@@ -212,9 +212,10 @@ class LesionPoolingHead(nn.Module):
             if with_lesion.any():
                 self.standardize.update(descriptor[with_lesion].detach())
         standardized = self.standardize(descriptor)
-        return torch.cat(
-            [self.classifier[:-1](standardized), standardized[:, self.direct_index]], 1
-        )
+        # the descriptor is statistic-major: (B, statistics, channels of all stages) flattened
+        per_statistic = standardized.unflatten(1, (self.stats_per_channel, -1))
+        direct = per_statistic[:, :, self.direct].flatten(1)
+        return torch.cat([self.classifier[:-1](standardized), direct], 1)
 
     def classify(self, evidence: Evidence) -> torch.Tensor:
         return self.classifier[-1](self.hidden_features(evidence))
@@ -320,9 +321,9 @@ class MultiTaskUNet(nn.Module):
 
         Training passes the reference regions; `encoder_gradient` scales the classification
         gradient that reaches the shared encoder through them (0: the encoder learns from the
-        segmentation loss alone, exactly as in stock nnU-Net). Without them the network's own prediction is
-        used twice: binarised at 0.5 (as the reference masks are) and soft, the soft evidence
-        (keys prefixed `soft_`) only serving cases where nothing passes 0.5.
+        segmentation loss alone, exactly as in stock nnU-Net). Without them the network's own
+        prediction is used twice: binarised at 0.5 (as the reference masks are) and soft, the soft
+        evidence (keys prefixed `soft_`) only serving cases where nothing passes 0.5.
         """
         skips = self.encoder(x)
         seg = self.decoder(skips)

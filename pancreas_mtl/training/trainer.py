@@ -427,8 +427,8 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
         """Refit the head's output layer on whole training cases, as they are seen at inference.
 
         Patches are classified during training; inference pools whole volumes over predicted
-        regions. A class-weighted logistic regression on the case-level activations of the
-        training split aligns the two.
+        regions. A class-weighted logistic regression on the standardised case-level inputs of
+        the output layer (training split only), folded back into its weights, aligns the two.
         """
         tr_keys = [k for k in self.do_split()[0] if k in self.subtype_of]
         labels = np.array([self.subtype_of[k] for k in tr_keys])
@@ -437,9 +437,8 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
             return
         before = self.evaluate_validation_cases()
         weights = class_weights(list(labels), self.settings.class_weighting)
-        features = self.case_hidden_features(tr_keys)
         coef, intercept = standardized_logistic_regression(
-            features, labels, weights, self.settings.refit_c
+            self.case_hidden_features(tr_keys), labels, weights, self.settings.refit_c
         )
         output = self._model.head.classifier[-1]
         with torch.no_grad():
