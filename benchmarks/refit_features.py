@@ -27,9 +27,9 @@ def case_features(results: Path, config: dict) -> dict:
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
     from pancreas_mtl.inference.predictor import load_predictor
-    from pancreas_mtl.naming import dataset_name, model_folder_name, plans_identifier, trainer_name
-    from pancreas_mtl.training.case_evaluation import predict_case
-    from pancreas_mtl.training.trainer import read_subtypes
+    from pancreas_mtl.layout import read_subtypes
+    from pancreas_mtl.nnunet_env import dataset_name, model_folder_name, plans_identifier, trainer_name
+    from pancreas_mtl.training.case_evaluation import sliding_window_case
 
     dataset = dataset_name(config["dataset"]["id"], config["dataset"]["name"])
     plans = plans_identifier(config["plan"]["planner"])
@@ -48,7 +48,7 @@ def case_features(results: Path, config: dict) -> dict:
         for part in rows:
             cases = infer_dataset_class(folder)(folder, split[part])
             for key in split[part]:
-                _, evidence = predict_case(net, cases.load_case(key)[0], patch_size, torch.device("cpu"))
+                _, evidence = sliding_window_case(net, cases.load_case(key)[0], patch_size, torch.device("cpu"))
                 hard = {k: v for k, v in evidence.items() if not k.startswith("soft_")}
                 rows[part].append({
                     "y": subtype[key],
@@ -67,8 +67,7 @@ def main() -> None:
     results = Path(sys.argv[1] if len(sys.argv) > 1 else REPO / "results").resolve()
     cs = [float(c) for c in sys.argv[2:]] or [0.1, 1.0]
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    from pancreas_mtl.logs import set_nnunet_paths
-    from pancreas_mtl.training.run import ensure_ext_trainer_path
+    from pancreas_mtl.nnunet_env import ensure_ext_trainer_path, set_nnunet_paths
 
     set_nnunet_paths(results / "nnUNet_raw", results / "nnUNet_preprocessed", results / "nnUNet_results")
     ensure_ext_trainer_path()
@@ -88,7 +87,7 @@ def main() -> None:
 
     def predict(x_fit, y_fit, x, c):
         coef, intercept = standardized_logistic_regression(
-            x_fit, y_fit, class_weights(list(y_fit), "balanced"), c
+            x_fit, y_fit, class_weights(list(y_fit), "balanced", int(y_all.max()) + 1), c
         )
         return np.argmax(x @ coef.T + intercept, 1)
 

@@ -25,9 +25,9 @@ REPO = HERE.parent
 def main() -> None:
     from pancreas_mtl.evaluation.metrics import case_dice, load_label_map
     from pancreas_mtl.evaluation.validation import validation_references
-    from pancreas_mtl.logs import set_nnunet_paths
-    from pancreas_mtl.training.run import ensure_ext_trainer_path
-    from pancreas_mtl.training.settings import SETTINGS_ENV, settings_from_config
+    from pancreas_mtl.layout import raw_image
+    from pancreas_mtl.nnunet_env import ensure_ext_trainer_path, set_nnunet_paths, trainer_settings
+    from pancreas_mtl.training.settings import settings_from_config
 
     results = Path(sys.argv[1] if len(sys.argv) > 1 else REPO / "results").resolve()
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -36,17 +36,14 @@ def main() -> None:
     os.environ["nnUNet_extTrainer"] += os.pathsep + str(HERE / "stock_trainer")
     os.environ["nnUNet_n_proc_DA"] = str(config["train"]["data_augmentation_workers"])
     torch.set_num_threads(config["threads"])
-    settings = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
-    json.dump(settings_from_config(config["train"]), settings)
-    settings.close()
-    os.environ[SETTINGS_ENV] = settings.name
 
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.run.run_training import get_trainer_from_args
 
     dataset, conf, plans = "501", config["plan"]["configuration"], "nnUNetPlans"
-    trainer = get_trainer_from_args(dataset, conf, 0, "nnUNetTrainerStockSchedule", plans,
-                                    device=torch.device("cpu"))
+    with trainer_settings(settings_from_config(config["train"])):
+        trainer = get_trainer_from_args(dataset, conf, 0, "nnUNetTrainerStockSchedule", plans,
+                                        device=torch.device("cpu"))
     if not (Path(trainer.output_folder) / "checkpoint_final.pth").exists():
         trainer.run_training()
     raw = results / "nnUNet_raw" / "Dataset501_PancreasMTL"
@@ -56,7 +53,7 @@ def main() -> None:
                                 allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(trainer.output_folder_base, [0])
     predictor.predict_from_files_sequential(
-        [[str(raw / "imagesTr" / f"{c}_0000.nii.gz")] for c, _, _ in refs], str(out)
+        [[str(raw_image(raw, c, "validation"))] for c, _, _ in refs], str(out)
     )
     scores = [case_dice(load_label_map(out / f"{c}.nii.gz"), load_label_map(ref)) for c, ref, _ in refs]
     stock = {k: float(np.mean([s[k] for s in scores])) for k in ("whole_pancreas_dsc", "lesion_dsc")}

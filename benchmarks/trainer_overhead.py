@@ -8,7 +8,6 @@ Usage: python benchmarks/trainer_overhead.py RESULTS_DIR [ITERATIONS] [CONFIG]
        (CONFIG defaults to config/config.yaml)
 """
 
-import json
 import os
 import sys
 import tempfile
@@ -45,16 +44,12 @@ def main() -> None:
     results = Path(sys.argv[1]).resolve()
     iterations = int(sys.argv[2]) if len(sys.argv) > 2 else 40
     config_file = Path(sys.argv[3]) if len(sys.argv) > 3 else REPO / "config" / "config.yaml"
-    from pancreas_mtl.logs import set_nnunet_paths
-    from pancreas_mtl.naming import plans_identifier
-    from pancreas_mtl.training.run import ensure_ext_trainer_path
-    from pancreas_mtl.training.settings import SETTINGS_ENV, settings_from_config
+    from pancreas_mtl.nnunet_env import ensure_ext_trainer_path, plans_identifier, set_nnunet_paths
+    from pancreas_mtl.nnunet_env import trainer_settings
+    from pancreas_mtl.training.settings import settings_from_config
 
     config = yaml.safe_load(config_file.read_text())
     scratch = tempfile.mkdtemp()
-    settings = Path(scratch) / "settings.json"
-    settings.write_text(json.dumps(settings_from_config(config["train"])))
-    os.environ[SETTINGS_ENV] = str(settings)
     set_nnunet_paths(results / "nnUNet_raw", results / "nnUNet_preprocessed", scratch)
     ensure_ext_trainer_path()
     os.environ["nnUNet_extTrainer"] += os.pathsep + str(HERE / "stock_trainer")
@@ -62,9 +57,10 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     dataset_id, configuration = config["dataset"]["id"], config["plan"]["configuration"]
     plans = plans_identifier(config["plan"]["planner"])
-    ours = build("nnUNetTrainerMultiTask", dataset_id, configuration, plans)
-    ours.settings.cls_warmup_epochs = 0  # time the full multi-task step, head loss included
-    stock = build("nnUNetTrainerStockSchedule", dataset_id, configuration, plans)
+    # time the full multi-task step, head loss included
+    with trainer_settings({**settings_from_config(config["train"]), "cls_warmup_epochs": 0}):
+        ours = build("nnUNetTrainerMultiTask", dataset_id, configuration, plans)
+        stock = build("nnUNetTrainerStockSchedule", dataset_id, configuration, plans)
     for trainer in (ours, stock):
         time_block(trainer, 5)
     block = max(1, iterations // 4)

@@ -1,10 +1,10 @@
 """Discover a cohort in the assessment layout, check it, fix mask labels and write an nnU-Net raw dataset.
 
-Layout::
+Layout (see `layout`)::
 
-    DATA_DIR/{train,validation}/subtype{0,1,2}/<case>_0000.nii.gz   image
-    DATA_DIR/{train,validation}/subtype{0,1,2}/<case>.nii.gz        mask (0 background, 1 pancreas, 2 lesion)
-    DATA_DIR/test/<case>_0000.nii.gz                                image only
+    DATA_DIR/{train,validation}/subtype{0..K-1}/<case>_0000.nii.gz   image
+    DATA_DIR/{train,validation}/subtype{0..K-1}/<case>.nii.gz        mask (0 background, 1 pancreas, 2 lesion)
+    DATA_DIR/test/<case>_0000.nii.gz                                  image only
 
 Checks run in three stages so that a bad cohort fails fast: file layout (``scan_cohort``, directory listings
 only), headers (``check_headers``, no voxel data) and voxels (``ingest_case``). Every stage collects all
@@ -28,36 +28,29 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from .layout import (
+    IMAGE_SUFFIX,
+    LABELLED_SPLITS,
+    LABELS,
+    SPLITS,
+    Case,
+    nifti_stem,
+    parse_subtype_folder,
+    raw_image,
+    raw_label,
+    subtype_classes_problem,
+    write_subtype_table,
+)
+from .nnunet_dataset import write_dataset_json
+
 logger = logging.getLogger(__name__)
 
-LABELLED_SPLITS = ("train", "validation")
-SPLITS = ("train", "validation", "test")
-SUBTYPES = (0, 1, 2)
-LABELS = (0, 1, 2)
-IMAGE_SUFFIX = "_0000"
-NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 # Deep enough for any plausible misplaced folder, shallow enough to stay fast on a wrong data_dir.
 MAX_UNEXPECTED_DEPTH = 4
 # Affines of image and mask may differ by float32 rounding of the header, not by a real shift.
 AFFINE_ATOL_MM = 1e-3
 AFFINE_RTOL = 1e-4
 MAX_LISTED_VALUES = 5
-
-
-@dataclass(frozen=True)
-class Case:
-    """One case: an image and, for train/validation, its mask and subtype."""
-
-    case_id: str
-    split: str
-    subtype: int | None
-    image: Path
-    mask: Path | None
-
-    @property
-    def data_dir(self) -> Path:
-        """The cohort root, derived from the layout (split folder, plus subtype folder when labelled)."""
-        return self.image.parent.parent if self.subtype is None else self.image.parent.parent.parent
 
 
 @dataclass(frozen=True)
@@ -96,6 +89,11 @@ class CohortScan:
     cases: list[Case]
     problems: list[Problem]
     warnings: list[Problem]
+
+    @property
+    def num_subtypes(self) -> int:
+        """K: the subtype classes are 0..K-1 (checked by the scan)."""
+        return 1 + max((c.subtype for c in self.cases if c.subtype is not None), default=-1)
 
 
 @dataclass(frozen=True)
@@ -137,6 +135,7 @@ class IngestResult:
     raw_dataset_dir: Path
     cases: list[Case]
     records: list[CaseRecord]
+    num_subtypes: int
     warnings: list[Problem] = field(default_factory=list)
 
     @property
@@ -146,15 +145,6 @@ class IngestResult:
     @property
     def num_training(self) -> int:
         return sum(c.split in LABELLED_SPLITS for c in self.cases)
-
-
-def _nifti_stem(name: str) -> str | None:
-    """File name without its NIfTI extension, or None when the name is not a NIfTI file."""
-    lower = name.lower()
-    for ext in NIFTI_EXTENSIONS:
-        if lower.endswith(ext):
-            return name[: -len(ext)]
-    return None
 
 
 def _relative(path: Path, data_dir: Path) -> str:
@@ -179,6 +169,8 @@ class _Scanner:
         self.problems: list[Problem] = []
         self.warnings: list[Problem] = []
         self.ignored: list[str] = []
+        # subtype class -> the subtype<k> folders (relative) that hold NIfTI files
+        self.class_folders: dict[int, list[str]] = defaultdict(list)
 
     def rel(self, path: Path | str) -> str:
         return _relative(Path(path), self.data_dir)
@@ -202,7 +194,7 @@ class _Scanner:
                     self.ignore(entry.path)
                 elif entry.is_dir():
                     folders.append(entry)
-                elif _nifti_stem(entry.name) is not None and entry.is_file():
+                elif nifti_stem(entry.name) is not None and entry.is_file():
                     niftis.append(entry)
                 else:
                     self.ignore(entry.path)
@@ -220,16 +212,18 @@ class _Scanner:
                 self.unexpected_tree(Path(entry.path), expected, depth + 1)
 
     def unexpected_file(self, entry: os.DirEntry, expected: str) -> None:
-        case_id = _case_id_of(_nifti_stem(entry.name))
+        case_id = _case_id_of(nifti_stem(entry.name))
         self.problem(case_id, entry.path, f"NIfTI file in an unexpected place; expected {expected}")
 
     def labelled_folder(self, folder: Path, split: str, subtype: int) -> None:
         images: dict[str, Path] = {}
         masks: dict[str, Path] = {}
         niftis, folders = self.list_dir(folder)
-        stems = {_nifti_stem(entry.name) for entry in niftis}
+        if niftis:
+            self.class_folders[subtype].append(self.rel(folder))
+        stems = {nifti_stem(entry.name) for entry in niftis}
         for entry in niftis:
-            stem = _nifti_stem(entry.name)
+            stem = nifti_stem(entry.name)
             # A case id may itself end in _0000: then "<id>.nii.gz" is its mask, since "<id>_0000.nii.gz" exists.
             is_image = stem.endswith(IMAGE_SUFFIX) and stem + IMAGE_SUFFIX not in stems
             case_id = stem[: -len(IMAGE_SUFFIX)] if is_image else stem
@@ -252,24 +246,40 @@ class _Scanner:
 
     def labelled_split(self, split: str) -> None:
         split_dir = self.data_dir / split
+        expected = f"{split}/subtype{{0..K-1}}/"
         if not split_dir.is_dir():
-            self.problem("", split_dir, f"missing split folder (expected {split}/subtype{{0,1,2}}/)")
+            self.problem("", split_dir, f"missing split folder (expected {expected})")
             return
-        expected = {f"subtype{s}": s for s in SUBTYPES}
         niftis, folders = self.list_dir(split_dir)
         for entry in niftis:
-            self.unexpected_file(entry, f"{split}/subtype{{0,1,2}}/")
+            self.unexpected_file(entry, expected)
         n_before = len(self.cases)
         for entry in folders:
-            if entry.name in expected:
-                self.labelled_folder(Path(entry.path), split, expected[entry.name])
+            subtype = parse_subtype_folder(entry.name)
+            if subtype is not None:
+                self.labelled_folder(Path(entry.path), split, subtype)
             else:
-                self.unexpected_tree(Path(entry.path), expected=f"{split}/subtype{{0,1,2}}/")
-        found = {c.subtype for c in self.cases[n_before:]}
+                self.unexpected_tree(Path(entry.path), expected=expected)
         if len(self.cases) == n_before:
             self.problem("", split_dir, "no cases (image + mask pairs) found")
-        elif missing := [s for s in SUBTYPES if s not in found]:
-            self.warn("", split_dir, f"no cases of subtype {', '.join(map(str, missing))}")
+
+    def subtype_classes(self) -> None:
+        """The classes 0..K-1 come from the subtype<k> folders: at least two, no gaps."""
+        found = sorted(self.class_folders)
+        if not found:
+            return  # already reported: no labelled cases
+        problem = subtype_classes_problem(found)
+        if problem:
+            # named by the folders after the first gap, or the only class's folders
+            gap = next((k for k in range(found[-1] + 1) if k not in self.class_folders), None)
+            named = [k for k in found if gap is None or k > gap]
+            self.problem("", ", ".join(f for k in named for f in self.class_folders[k]), problem)
+            return
+        for split in LABELLED_SPLITS:
+            in_split = {c.subtype for c in self.cases if c.split == split}
+            missing = [s for s in found if s not in in_split]
+            if in_split and missing:
+                self.warn("", self.data_dir / split, f"no cases of subtype {', '.join(map(str, missing))}")
 
     def test_split(self) -> None:
         split_dir = self.data_dir / "test"
@@ -279,7 +289,7 @@ class _Scanner:
         niftis, folders = self.list_dir(split_dir)
         images: dict[str, Path] = {}
         for entry in niftis:
-            stem = _nifti_stem(entry.name)
+            stem = nifti_stem(entry.name)
             if not stem.endswith(IMAGE_SUFFIX):
                 self.problem(stem, entry.path, f"test images must be named <case>{IMAGE_SUFFIX}.nii.gz; "
                              "a mask in test/ is unexpected")
@@ -319,6 +329,7 @@ class _Scanner:
                 self.unexpected_tree(Path(entry.path), expected="train/, validation/ or test/ subfolders")
         for split in LABELLED_SPLITS:
             self.labelled_split(split)
+        self.subtype_classes()
         self.test_split()
         self.duplicates()
         if self.ignored:
@@ -525,10 +536,10 @@ def ingest_case(case: Case, output_dir: str | os.PathLike, label_tolerance: floa
 
     if not problems:
         if case.mask is None:
-            _copy_image(case.image, output_dir / "imagesTs" / f"{case.case_id}{IMAGE_SUFFIX}.nii.gz")
+            _copy_image(case.image, raw_image(output_dir, case.case_id, case.split))
         else:
-            _copy_image(case.image, output_dir / "imagesTr" / f"{case.case_id}{IMAGE_SUFFIX}.nii.gz")
-            nib.save(_label_image(labels, image), output_dir / "labelsTr" / f"{case.case_id}.nii.gz")
+            _copy_image(case.image, raw_image(output_dir, case.case_id, case.split))
+            nib.save(_label_image(labels, image), raw_label(output_dir, case.case_id))
     return CaseRecord(case, image_dtype, shape, spacing, label_fix, tuple(warnings), tuple(problems))
 
 
@@ -603,9 +614,8 @@ def ingest_cohort(data_dir: str | os.PathLike, raw_dataset_dir: str | os.PathLik
             if voxel_problems:
                 raise CohortError(data_dir, voxel_problems)
             if dataset_name is not None:
-                from pancreas_mtl.nnunet_dataset import write_dataset_json
-
-                write_dataset_json(staging, sum(c.split in LABELLED_SPLITS for c in cases), dataset_name)
+                write_dataset_json(staging, sum(c.split in LABELLED_SPLITS for c in cases), dataset_name,
+                                   scan.num_subtypes)
             _replace_dir(staging, raw_dataset_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -619,15 +629,13 @@ def ingest_cohort(data_dir: str | os.PathLike, raw_dataset_dir: str | os.PathLik
     n_train = sum(c.split in LABELLED_SPLITS for c in cases)
     logger.info("Wrote %s: %d labelled cases, %d test cases, %d mask voxels rounded", raw_dataset_dir, n_train,
                 len(cases) - n_train, sum(r.label_fix.voxels_rounded for r in records if r.label_fix))
-    return IngestResult(raw_dataset_dir, cases, records, warnings + case_warnings)
+    return IngestResult(raw_dataset_dir, cases, records, scan.num_subtypes, warnings + case_warnings)
 
 
 def write_raw_dataset(data_dir: str | os.PathLike, raw_dataset_dir: str | os.PathLike,
                       subtype_table: str | os.PathLike, label_fix_report: str | os.PathLike, dataset_name: str,
                       label_tolerance: float = 1e-3, workers: int = 1) -> IngestResult:
     """The `dataset` step: ingest with dataset.json, then write the subtype table and the label-fix report."""
-    from pancreas_mtl.nnunet_dataset import write_subtype_table
-
     result = ingest_cohort(data_dir, raw_dataset_dir, workers=workers, label_tolerance=label_tolerance,
                            dataset_name=dataset_name)
     write_subtype_table(result.cases, subtype_table)

@@ -23,10 +23,3 @@ def log_to_file(path: str | os.PathLike) -> None:
         stream=sys.stderr,
         force=True,
     )
-
-
-def set_nnunet_paths(raw: str, preprocessed: str, results: str) -> None:
-    """nnU-Net reads its folders from environment variables; set them to absolute paths."""
-    os.environ["nnUNet_raw"] = os.path.abspath(raw)
-    os.environ["nnUNet_preprocessed"] = os.path.abspath(preprocessed)
-    os.environ["nnUNet_results"] = os.path.abspath(results)

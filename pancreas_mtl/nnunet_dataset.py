@@ -11,10 +11,15 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
-from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 from sklearn.model_selection import StratifiedKFold
 
-from pancreas_mtl.cohort import LABELLED_SPLITS, Case
+from .layout import (
+    FILE_ENDING,
+    LABELLED_SPLITS,
+    NUM_SUBTYPES_KEY,
+    read_subtype_table,
+    write_text_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -22,24 +27,14 @@ logger = logging.getLogger(__name__)
 # overlapping sigmoid outputs, which is what both reported Dice scores measure.
 LABELS = {"background": 0, "pancreas": [1, 2], "lesion": 2}
 REGIONS_CLASS_ORDER = [1, 2]
-FILE_ENDING = ".nii.gz"
-SUBTYPE_COLUMNS = ["case_id", "split", "subtype"]
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_dataset_json(raw_dataset_dir: str | os.PathLike, num_training: int, dataset_name: str,
+                       num_subtypes: int) -> Path:
+    """Write dataset.json (one CT channel, region-based pancreas/lesion labels, the number of subtype
+    classes) with nnU-Net's own generator."""
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
-
-def write_dataset_json(raw_dataset_dir: str | os.PathLike, num_training: int, dataset_name: str) -> Path:
-    """Write dataset.json (one CT channel, region-based pancreas/lesion labels) with nnU-Net's own generator."""
     raw_dataset_dir = Path(raw_dataset_dir)
     raw_dataset_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".dataset_json.", dir=raw_dataset_dir))
@@ -56,28 +51,13 @@ def write_dataset_json(raw_dataset_dir: str | os.PathLike, num_training: int, da
                         "is kept in a separate subtype table.",
             license="see the source cohort",
             converted_by="pancreas_mtl",
+            **{NUM_SUBTYPES_KEY: int(num_subtypes)},
         )
         target = raw_dataset_dir / "dataset.json"
         os.replace(staging / "dataset.json", target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def write_subtype_table(cases: list[Case], path: str | os.PathLike) -> Path:
-    """CSV case_id,split,subtype (subtype empty for test cases), sorted by case_id."""
-    table = pd.DataFrame(
-        [(c.case_id, c.split, c.subtype) for c in cases], columns=SUBTYPE_COLUMNS
-    ).astype({"subtype": "Int64"}).sort_values("case_id", kind="stable")
-    path = Path(path)
-    _write_text_atomic(path, table.to_csv(index=False))
-    return path
-
-
-def read_subtype_table(path: str | os.PathLike) -> pd.DataFrame:
-    """The subtype table with string case ids and a nullable integer subtype column."""
-    return pd.read_csv(path, dtype={"case_id": str, "split": str, "subtype": "Int64"},
-                       keep_default_na=False, na_values={"subtype": [""]})
 
 
 def make_splits(subtype_table: pd.DataFrame | str | os.PathLike, cv_folds: int = 0,
@@ -115,7 +95,7 @@ def write_splits(splits: list[dict[str, list[str]]], path: str | os.PathLike) ->
     """Write splits_final.json in nnU-Net's format (a list of {"train": [...], "val": [...]})."""
     content = [{"train": sorted(map(str, s["train"])), "val": sorted(map(str, s["val"]))} for s in splits]
     path = Path(path)
-    _write_text_atomic(path, json.dumps(content, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(content, indent=2) + "\n")
     return path
 
 

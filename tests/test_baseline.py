@@ -165,7 +165,7 @@ def separable_features(n_per_class, seed):
 def test_fit_and_evaluate_separates_separable_classes():
     train, y_train = separable_features(10, seed=1)
     test, y_test = separable_features(4, seed=2)
-    results = fit_and_evaluate(train, y_train, test, y_test, seed=0)
+    results = fit_and_evaluate(train, y_train, test, y_test, 3, seed=0)
     for name in ("logistic_regression", "random_forest"):
         assert results[name]["macro_f1"] == pytest.approx(1.0)
         assert results[name]["balanced_accuracy"] == pytest.approx(1.0)
@@ -177,8 +177,8 @@ def test_fit_and_evaluate_on_shuffled_labels_is_worse_and_deterministic():
     train, y_train = separable_features(10, seed=1)
     test, y_test = separable_features(4, seed=2)
     shuffled = np.random.default_rng(3).permutation(y_train)
-    first = fit_and_evaluate(train, shuffled, test, y_test, seed=0)
-    assert first == fit_and_evaluate(train, shuffled, test, y_test, seed=0)
+    first = fit_and_evaluate(train, shuffled, test, y_test, 3, seed=0)
+    assert first == fit_and_evaluate(train, shuffled, test, y_test, 3, seed=0)
     for name in ("logistic_regression", "random_forest"):
         assert first[name]["macro_f1"] < 0.9
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from pancreas_mtl.inference import benchmark as bm
-from pancreas_mtl.training.run import EXT_TRAINER_DIR
+from pancreas_mtl.nnunet_env import EXT_TRAINER_DIR
 
 INTERFACE_FIELDS = {
     "cases": int,
@@ -174,7 +174,7 @@ def fake_results(root: Path, file_ending=".nii.gz") -> Path:
 
 def test_prediction_environment_checks_stock_finds_the_same_model(tmp_path, monkeypatch):
     model = fake_results(tmp_path / "results")
-    for variable in bm.NNUNET_PATH_VARIABLES:
+    for variable in bm.PATH_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("nnUNet_extTrainer", "")
     with pytest.raises(ValueError, match="nnUNet_raw"):

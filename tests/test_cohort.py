@@ -264,10 +264,16 @@ def _same_case_in_two_subtypes(cohort, nifti):
     return "quiz_002", "train/subtype0/quiz_002_0000.nii.gz"
 
 
-def _nifti_in_subtype3(cohort, nifti):
-    nifti.save(cohort / "train/subtype3/quiz_099_0000.nii.gz", nifti.image(99))
-    nifti.save(cohort / "train/subtype3/quiz_099.nii.gz", nifti.mask())
-    return "quiz_099", "train/subtype3/quiz_099_0000.nii.gz"
+def _subtype_gap(cohort, nifti):
+    # classes 0, 1, 2 and 4: no subtype3
+    nifti.save(cohort / "train/subtype4/quiz_099_0000.nii.gz", nifti.image(99))
+    nifti.save(cohort / "train/subtype4/quiz_099.nii.gz", nifti.mask())
+    return "", "train/subtype4"
+
+
+def _nifti_in_unknown_folder(cohort, nifti):
+    nifti.save(cohort / "train/subtype_x/quiz_099_0000.nii.gz", nifti.image(99))
+    return "quiz_099", "train/subtype_x/quiz_099_0000.nii.gz"
 
 
 def _mask_in_test(cohort, nifti):
@@ -279,7 +285,7 @@ BAD_INPUTS = [
     _missing_mask, _mask_without_image, _shape_mismatch, _affine_mismatch, _label_three,
     _label_far_from_integer, _nan_in_image, _nan_in_test_image, _nan_in_mask, _unreadable_image,
     _truncated_image, _four_d_image, _same_case_in_train_and_validation, _same_case_in_two_subtypes,
-    _nifti_in_subtype3, _mask_in_test,
+    _subtype_gap, _nifti_in_unknown_folder, _mask_in_test,
 ]
 
 
@@ -291,7 +297,7 @@ def test_bad_input_stops_ingestion(make_cohort, nifti, damage):
     raw = raw_dir_for(cohort)
     with pytest.raises(CohortError) as info:
         ingest_cohort(cohort, raw)
-    assert f"{case_id} ({rel_path}): " in str(info.value)
+    assert (f"{case_id} ({rel_path}): " if case_id else f"{rel_path}: ") in str(info.value)
     assert tree_digest(cohort) == before
     assert not raw.exists()
     assert not raw.parent.exists() or os.listdir(raw.parent) == []
@@ -313,14 +319,14 @@ def test_all_problems_listed_in_one_error(make_cohort, nifti):
     cohort = make_cohort()
     _missing_mask(cohort, nifti)
     _shape_mismatch(cohort, nifti)
-    _nifti_in_subtype3(cohort, nifti)
+    _subtype_gap(cohort, nifti)
     with pytest.raises(CohortError) as info:
         ingest_cohort(cohort, raw_dir_for(cohort))
-    # subtype3 holds two misplaced files (image and mask), each reported
-    assert len(info.value.problems) == 4
+    assert len(info.value.problems) == 3
     lines = str(info.value).splitlines()
-    assert lines[0].endswith("has 4 problems:")
-    assert {line.split()[0] for line in lines[1:]} == {"quiz_001", "quiz_002", "quiz_099"}
+    assert lines[0].endswith("has 3 problems:")
+    assert {line.split()[0] for line in lines[1:]} == {"quiz_001", "quiz_002", "train/subtype4:"}
+    assert "no subtype3" in str(info.value)
 
 
 def test_voxel_problems_of_all_cases_listed_together(make_cohort, nifti):
@@ -474,3 +480,43 @@ def test_write_raw_dataset_writes_everything_for_the_dataset_step(make_cohort, t
     assert content["numTraining"] == result.num_training == 6 and content["name"] == "PancreasMTL"
     assert (tmp_path / "dataset" / "subtypes.csv").read_text().splitlines()[1] == "quiz_000,train,0"
     assert len((tmp_path / "dataset" / "label_fix_report.csv").read_text().splitlines()) == 7
+
+
+def _move_class(cohort, source: int, target: int) -> None:
+    for split in ("train", "validation"):
+        (cohort / split / f"subtype{source}").rename(cohort / split / f"subtype{target}")
+
+
+def test_any_number_of_subtypes_from_the_folders(make_cohort, nifti, tmp_path):
+    cohort = make_cohort()
+    for split in ("train", "validation"):
+        case = f"quiz_{'train' if split == 'train' else 'val'}_3"
+        nifti.save(cohort / split / "subtype3" / f"{case}_0000.nii.gz", nifti.image(50))
+        nifti.save(cohort / split / "subtype3" / f"{case}.nii.gz", nifti.mask())
+    result = ingest_cohort(cohort, tmp_path / "raw4", dataset_name="Dataset501_Test")
+    assert result.num_subtypes == 4
+    assert json.loads((tmp_path / "raw4" / "dataset.json").read_text())["num_subtypes"] == 4
+    assert {c.subtype for c in result.cases if c.subtype is not None} == {0, 1, 2, 3}
+
+    two = make_cohort("two")
+    for split in ("train", "validation"):
+        shutil.rmtree(two / split / "subtype2")
+    result = ingest_cohort(two, tmp_path / "raw2", dataset_name="Dataset502_Test")
+    assert result.num_subtypes == 2
+
+
+def test_one_class_or_a_gap_is_refused_naming_the_folders(make_cohort, tmp_path):
+    one = make_cohort("one")
+    for split in ("train", "validation"):
+        for k in (1, 2):
+            shutil.rmtree(one / split / f"subtype{k}")
+    with pytest.raises(CohortError, match="at least two classes") as info:
+        ingest_cohort(one, tmp_path / "raw1")
+    assert "train/subtype0" in str(info.value)
+
+    gap = make_cohort("gap")
+    for split in ("train", "validation"):
+        shutil.rmtree(gap / split / "subtype1")
+    with pytest.raises(CohortError, match="no subtype1") as info:
+        ingest_cohort(gap, tmp_path / "raw_gap")
+    assert "train/subtype2, validation/subtype2" in str(info.value)

@@ -9,8 +9,8 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from scipy.ndimage import binary_dilation, binary_erosion
 from torch import nn
 
+from pancreas_mtl.layout import DEFAULT_NUM_SUBTYPES as NUM_SUBTYPES
 from pancreas_mtl.training.heads import (
-    NUM_SUBTYPES,
     AttentionFusionHead,
     LesionPoolingHead,
     MultiTaskUNet,
@@ -445,3 +445,47 @@ def test_output_layer_sees_the_hidden_layer_and_the_image_statistics():
     torch.testing.assert_close(hidden[:, n_hidden:], standardized[:, ::width])
     # without the input stage there is no direct path
     assert LesionPoolingHead([1, 4, 8, 16], stages=(0, 1)).classifier[-1].in_features == n_hidden
+
+
+def test_heads_are_registered_once_and_agree_with_trainers_and_schema():
+    import importlib
+
+    import yaml
+
+    from pancreas_mtl.nnunet_env import HEAD_TRAINERS, trainer_name
+    from pancreas_mtl.training.heads import HEADS
+    from pancreas_mtl.training.settings import SCHEMA
+
+    ext = importlib.import_module("pancreas_mtl.nnunet_ext.pancreas_mtl_trainers")
+    schema = yaml.safe_load(SCHEMA.read_text())["properties"]["train"]["properties"]["head"]
+    assert set(HEADS) == set(HEAD_TRAINERS) == set(schema["enum"])
+    for head in HEADS:
+        trainer = getattr(ext, trainer_name(head))
+        assert trainer.__name__ == trainer_name(head)
+        assert trainer.head_name == head
+
+
+@pytest.mark.parametrize("num_subtypes", [2, 4])
+@pytest.mark.parametrize("head_name", ["lesion_pooling", "attention_fusion"])
+def test_every_registered_head_trains_a_step_and_predicts(head_name, num_subtypes):
+    from pancreas_mtl.training.heads import HEADS
+
+    unet = make_unet(3)
+    head = HEADS[head_name](stage_channels(unet, 1), num_classes=num_subtypes)
+    net = MultiTaskUNet(unet, head, 3).train()
+    whole, lesion = masks()
+    optimizer = torch.optim.SGD(net.head.parameters(), lr=0.1)
+    _, evidence = net.forward_multitask(image(), whole, lesion, encoder_gradient=0.0)
+    logits = net.head.classify(evidence)
+    assert logits.shape == (2, num_subtypes)
+    loss = nn.functional.cross_entropy(logits, torch.tensor([0, num_subtypes - 1]))
+    loss.backward()
+    before = [p.detach().clone() for p in net.head.parameters()]
+    optimizer.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.head.parameters()))
+    net.eval()
+    with torch.no_grad():
+        _, evidence = net.forward_multitask(image(seed=1))
+        probabilities = torch.softmax(net.classify(evidence), -1)
+    assert probabilities.shape == (2, num_subtypes)
+    assert torch.allclose(probabilities.sum(-1), torch.ones(2))

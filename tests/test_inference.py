@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pancreas_mtl import nnunet_env
 from pancreas_mtl.inference import cli, predictor
-from pancreas_mtl.nnunet_dataset import SUBTYPE_COLUMNS
+from pancreas_mtl.layout import SUBTYPE_TABLE_COLUMNS as SUBTYPE_COLUMNS
 
 
 def fake_model(root: Path, folds=(0,), checkpoint="checkpoint_final.pth") -> Path:
@@ -83,9 +84,9 @@ def test_find_images_sorted_ignoring_other_files(tmp_path):
 
 
 def test_default_threads_follow_nnunet(monkeypatch):
-    monkeypatch.setattr(cli.multiprocessing, "cpu_count", lambda: 7)
-    assert cli.default_threads("cpu") == 7
-    assert cli.default_threads("cuda") == 1
+    monkeypatch.setattr(nnunet_env.os, "cpu_count", lambda: 7)
+    assert nnunet_env.default_threads("cpu") == 7
+    assert nnunet_env.default_threads("cuda") == 1
 
 
 @pytest.mark.parametrize("classify_only", [False, True])
@@ -114,6 +115,7 @@ def test_cli_passes_options_to_predictor(tmp_path, monkeypatch, classify_only):
 
 class FakePredictor:
     dataset_json = {"file_ending": ".nii.gz"}
+    num_subtypes = 3
 
     def __init__(self):
         self.outputs = []

@@ -72,7 +72,7 @@ def test_case_dice_shape_mismatch_names_both_shapes():
 def test_classification_metrics_known_confusion():
     y_true = [0, 0, 1, 1, 2, 2]
     y_pred = [0, 1, 1, 1, 2, 0]
-    result = classification_metrics(y_true, y_pred)
+    result = classification_metrics(y_true, y_pred, [0, 1, 2])
     # class 0: P 1/2 R 1/2 F1 1/2; class 1: P 2/3 R 1 F1 4/5; class 2: P 1 R 1/2 F1 2/3
     assert result["macro_f1"] == pytest.approx((1 / 2 + 4 / 5 + 2 / 3) / 3)
     expected = {0: (0.5, 0.5, 0.5), 1: (2 / 3, 1.0, 0.8), 2: (1.0, 0.5, 2 / 3)}
@@ -88,7 +88,7 @@ def test_classification_metrics_known_confusion():
 def test_classification_metrics_collapsed_predictor():
     y_true = [0, 0, 0, 1, 1, 2]
     y_pred = [0] * 6
-    result = classification_metrics(y_true, y_pred)
+    result = classification_metrics(y_true, y_pred, [0, 1, 2])
     majority_f1 = 2 * 0.5 * 1.0 / (0.5 + 1.0)
     assert result["per_class"][0]["f1"] == pytest.approx(majority_f1)
     assert result["per_class"][1] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2}
@@ -99,7 +99,7 @@ def test_classification_metrics_collapsed_predictor():
 
 
 def test_macro_f1_counts_absent_classes_as_zero():
-    assert macro_f1([0, 0], [0, 0]) == pytest.approx(1 / 3)
+    assert macro_f1([0, 0], [0, 0], [0, 1, 2]) == pytest.approx(1 / 3)
 
 
 def test_bootstrap_ci_brackets_mean_and_is_deterministic():
@@ -161,7 +161,7 @@ def _tiny_split(tmp_path):
 
 def test_evaluate_split_end_to_end(tmp_path):
     prediction_dir, references = _tiny_split(tmp_path)
-    summary = evaluate_split(prediction_dir, references, tmp_path / "metrics", n_bootstrap=200, seed=1)
+    summary = evaluate_split(prediction_dir, references, tmp_path / "metrics", 3, n_bootstrap=200, seed=1)
 
     written = json.loads((tmp_path / "metrics" / "summary.json").read_text())
     assert written == summary
@@ -191,7 +191,7 @@ def test_evaluate_split_end_to_end(tmp_path):
 
 def test_evaluate_split_writes_null_not_nan_for_one_case(tmp_path):
     prediction_dir, references = _tiny_split(tmp_path)
-    summary = evaluate_split(prediction_dir, references[:1], tmp_path / "metrics", n_bootstrap=10)
+    summary = evaluate_split(prediction_dir, references[:1], tmp_path / "metrics", 3, n_bootstrap=10)
     text = (tmp_path / "metrics" / "summary.json").read_text()
     assert "NaN" not in text
     assert summary["lesion_dsc_ci95"] == [None, None]
@@ -201,7 +201,7 @@ def test_evaluate_split_missing_mask_names_case(tmp_path):
     prediction_dir, references = _tiny_split(tmp_path)
     (prediction_dir / "case_b.nii.gz").unlink()
     with pytest.raises(ValueError, match=r"case_b.*case_b\.nii\.gz"):
-        evaluate_split(prediction_dir, references, tmp_path / "metrics", n_bootstrap=10)
+        evaluate_split(prediction_dir, references, tmp_path / "metrics", 3, n_bootstrap=10)
 
 
 def test_evaluate_split_missing_csv_row_names_case(tmp_path):
@@ -210,11 +210,11 @@ def test_evaluate_split_missing_csv_row_names_case(tmp_path):
     table = pd.read_csv(csv_path)
     table[table["Names"] != "case_c.nii.gz"].to_csv(csv_path, index=False)
     with pytest.raises(ValueError, match=r"case_c.*subtype_results\.csv"):
-        evaluate_split(prediction_dir, references, tmp_path / "metrics", n_bootstrap=10)
+        evaluate_split(prediction_dir, references, tmp_path / "metrics", 3, n_bootstrap=10)
 
 
 def test_evaluate_split_shape_mismatch_names_case(tmp_path):
     prediction_dir, references = _tiny_split(tmp_path)
     _save_mask(prediction_dir / "case_a.nii.gz", np.zeros((1, 2, 4)))
     with pytest.raises(ValueError, match=r"case_a.*\(1, 2, 4\)"):
-        evaluate_split(prediction_dir, references, tmp_path / "metrics", n_bootstrap=10)
+        evaluate_split(prediction_dir, references, tmp_path / "metrics", 3, n_bootstrap=10)

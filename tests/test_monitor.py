@@ -29,7 +29,7 @@ def test_classification_summary_on_hand_made_logits():
             [0.0, 0.0, 4.0],  # 2 -> 2
         ]
     )
-    summary = classification_summary(y_true, logits)
+    summary = classification_summary(y_true, logits, 3)
     # F1 per class: 1, 2/3 (precision 1/2, recall 1), 2/3 (precision 1, recall 1/2)
     assert summary["macro_f1"] == pytest.approx(7 / 9)
     assert summary["confusion"] == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
@@ -42,7 +42,7 @@ def test_classification_summary_on_hand_made_logits():
 
 def test_classification_summary_of_a_collapsed_predictor():
     logits = np.tile([0.1, 5.0, 0.2], (4, 1))
-    summary = classification_summary([0, 1, 2, 1], logits)
+    summary = classification_summary([0, 1, 2, 1], logits, 3)
     assert summary["pred_counts"] == [0, 4, 0]
     assert summary["never_predicted"] == [0, 2]
     assert summary["confusion"] == [[0, 1, 0], [0, 2, 0], [0, 1, 0]]
@@ -51,13 +51,13 @@ def test_classification_summary_of_a_collapsed_predictor():
 
 
 def test_classification_summary_accepts_flat_logits():
-    summary = classification_summary([2], [0.0, 1.0, 3.0])
+    summary = classification_summary([2], [0.0, 1.0, 3.0], 3)
     assert summary["pred_counts"] == [0, 0, 1]
     assert summary["macro_f1"] == pytest.approx(1 / 3)
 
 
 def test_classification_summary_without_cases():
-    summary = classification_summary([], np.zeros((0, 3)))
+    summary = classification_summary([], np.zeros((0, 3)), 3)
     assert math.isnan(summary["macro_f1"])
     assert summary["confusion"] == [[0, 0, 0], [0, 0, 0], [0, 0, 0]]
     assert summary["pred_counts"] == [0, 0, 0]
@@ -70,8 +70,8 @@ def test_unpredicted_streaks_counts_the_latest_epochs_in_a_row():
         {"never_predicted": [2]},
         {"never_predicted": [0, 2]},
     ]
-    assert unpredicted_streaks(history) == {0: 1, 1: 0, 2: 3}
-    assert unpredicted_streaks([]) == {0: 0, 1: 0, 2: 0}
+    assert unpredicted_streaks(history, 3) == {0: 1, 1: 0, 2: 3}
+    assert unpredicted_streaks([], 3) == {0: 0, 1: 0, 2: 0}
 
 
 def test_unpredicted_streaks_skips_epochs_without_case_validation():
@@ -80,7 +80,7 @@ def test_unpredicted_streaks_skips_epochs_without_case_validation():
         {"epoch": 1, "cls_loss": 1.0},
         {"epoch": 2, "never_predicted": [2]},
     ]
-    assert unpredicted_streaks(history)[2] == 2
+    assert unpredicted_streaks(history, 3)[2] == 2
 
 
 def history_rows() -> list[dict]:
@@ -147,7 +147,7 @@ def test_write_monitor_overwrites_the_previous_files(tmp_path):
 
 def test_plot_monitor_writes_a_png(tmp_path):
     path = tmp_path / "monitor.png"
-    plot_monitor(history_rows(), path)
+    plot_monitor(history_rows(), path, 3)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 1000
 
@@ -157,5 +157,5 @@ def test_plot_monitor_with_epochs_without_case_validation(tmp_path):
     rows.insert(1, {"epoch": 1, "cls_loss": 1.0, "cls_weight": 0.05, "train_pred_counts": [2, 2, 0]})
     rows[2]["epoch"] = 2
     path = tmp_path / "monitor.png"
-    plot_monitor(rows, path)
+    plot_monitor(rows, path, 3)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

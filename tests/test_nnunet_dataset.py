@@ -3,14 +3,13 @@ import json
 import pandas as pd
 import pytest
 
-from pancreas_mtl.cohort import Case, discover_cohort
+from pancreas_mtl.cohort import discover_cohort
+from pancreas_mtl.layout import Case, read_num_subtypes, read_subtype_table, write_subtype_table
 from pancreas_mtl.nnunet_dataset import (
     make_splits,
-    read_subtype_table,
     write_dataset_json,
     write_splits,
     write_splits_for_table,
-    write_subtype_table,
 )
 
 
@@ -27,7 +26,7 @@ def synthetic_table(n_train=(5, 4, 3), n_val=(2, 2, 1), n_test=2) -> pd.DataFram
 
 def test_dataset_json_region_labels(tmp_path):
     raw = tmp_path / "Dataset501_Pancreas"
-    path = write_dataset_json(raw, num_training=6, dataset_name="Dataset501_Pancreas")
+    path = write_dataset_json(raw, num_training=6, dataset_name="Dataset501_Pancreas", num_subtypes=3)
     content = json.loads(path.read_text())
     assert content["channel_names"] == {"0": "CT"}
     assert content["labels"] == {"background": 0, "pancreas": [1, 2], "lesion": 2}
@@ -35,17 +34,19 @@ def test_dataset_json_region_labels(tmp_path):
     assert content["numTraining"] == 6
     assert content["file_ending"] == ".nii.gz"
     assert content["name"] == "Dataset501_Pancreas"
+    assert content["num_subtypes"] == 3
     assert sorted(p.name for p in raw.iterdir()) == ["dataset.json"]
 
 
 def test_dataset_json_is_understood_by_nnunet(tmp_path):
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
-    content = json.loads(write_dataset_json(tmp_path, 3, "Dataset501_Pancreas").read_text())
+    content = json.loads(write_dataset_json(tmp_path, 3, "Dataset501_Pancreas", 4).read_text())
     manager = LabelManager(content["labels"], content["regions_class_order"])
     assert manager.has_regions
     assert manager.all_regions == [(1, 2), 2]
     assert manager.num_segmentation_heads == 2
+    assert read_num_subtypes(tmp_path) == 4
 
 
 def test_subtype_table_roundtrip(make_cohort, tmp_path):

@@ -11,17 +11,21 @@ import torch
 import yaml
 from sklearn.utils.class_weight import compute_class_weight
 
+from pancreas_mtl.layout import read_subtypes
+from pancreas_mtl.nnunet_env import SETTINGS_VARIABLE, handed_settings, trainer_settings
 from pancreas_mtl.training.settings import (
-    SETTINGS_ENV,
+    SCHEMA,
     TrainerSettings,
+    gpu_recipe,
     load_settings,
+    schema_defaults,
     settings_from_config,
+    train_section,
 )
 from pancreas_mtl.training.trainer import (
     GroupPolyLRScheduler,
     class_weights,
     nnUNetTrainerMultiTask,
-    read_subtypes,
     reference_regions,
     standardized_logistic_regression,
 )
@@ -29,13 +33,17 @@ from pancreas_mtl.training.trainer import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def train_section(name: str) -> dict:
+def config_train(name: str) -> dict:
     with open(ROOT / "config" / name) as f:
         return yaml.safe_load(f)["train"]
 
 
+def settings(**values) -> TrainerSettings:
+    return TrainerSettings.from_dict(values)
+
+
 def test_cls_weight_at_warmup_ramp_then_constant():
-    s = TrainerSettings(cls_loss_weight=0.3, cls_warmup_epochs=15, cls_ramp_epochs=15)
+    s = settings(cls_loss_weight=0.3, cls_warmup_epochs=15, cls_ramp_epochs=15)
     assert [s.cls_weight_at(e) for e in (0, 14)] == [0.0, 0.0]
     for k in range(15):
         assert s.cls_weight_at(15 + k) == pytest.approx(0.3 * (k + 1) / 15)
@@ -45,88 +53,83 @@ def test_cls_weight_at_warmup_ramp_then_constant():
 
 
 def test_cls_weight_at_without_ramp_jumps_after_warmup():
-    s = TrainerSettings(cls_loss_weight=0.5, cls_warmup_epochs=2, cls_ramp_epochs=0)
+    s = settings(cls_loss_weight=0.5, cls_warmup_epochs=2, cls_ramp_epochs=0)
     assert [s.cls_weight_at(e) for e in range(4)] == [0.0, 0.0, 0.5, 0.5]
 
 
 def test_cls_weight_at_without_warmup_ramps_from_the_first_epoch():
-    s = TrainerSettings(cls_loss_weight=0.3, cls_warmup_epochs=0, cls_ramp_epochs=3)
+    s = settings(cls_loss_weight=0.3, cls_warmup_epochs=0, cls_ramp_epochs=3)
     assert [s.cls_weight_at(e) for e in range(4)] == pytest.approx([0.1, 0.2, 0.3, 0.3])
 
 
+def test_defaults_are_the_schemas():
+    schema = yaml.safe_load(SCHEMA.read_text())["properties"]["train"]["properties"]
+    s = TrainerSettings.from_dict({})
+    for key, value in s.to_dict().items():
+        if key == "early_stopping":
+            for sub, v in value.items():
+                assert v == schema[key]["properties"][sub]["default"], sub
+        else:
+            assert value == schema[key]["default"], key
+    assert schema_defaults() == settings_from_config(train_section({}))
+
+
 def test_from_dict_sets_values_and_rejects_unknown_keys_by_name():
-    s = TrainerSettings.from_dict({"num_epochs": 7, "head_lr_multiplier": 2.0})
-    assert s.num_epochs == 7 and s.head_lr_multiplier == 2.0
-    assert s.grad_clip == TrainerSettings().grad_clip
+    s = TrainerSettings.from_dict({"epochs": 7, "head_lr_multiplier": 2.0, "early_stopping": {"patience": 3}})
+    assert s.epochs == 7 and s.head_lr_multiplier == 2.0 and s.early_stopping.patience == 3
+    assert s.grad_clip == TrainerSettings.from_dict({}).grad_clip
+    assert s.early_stopping.seg_weight == schema_defaults()["early_stopping"]["seg_weight"]
     with pytest.raises(ValueError, match="epochz") as err:
-        TrainerSettings.from_dict({"num_epochs": 7, "epochz": 3, "patience": 1})
-    assert "patience" in str(err.value)
-    assert "num_epochs" not in str(err.value)
+        TrainerSettings.from_dict({"epochs": 7, "epochz": 3, "num_epochs": 1})
+    assert "num_epochs" in str(err.value)
+    with pytest.raises(ValueError, match="patienze"):
+        TrainerSettings.from_dict({"early_stopping": {"patienze": 1}})
 
 
 def test_to_dict_round_trip():
-    s = TrainerSettings(num_epochs=3, subtype_table="x.csv")
+    s = settings(epochs=3, early_stopping={"restore_best": True})
     assert TrainerSettings.from_dict(s.to_dict()) == s
 
 
 def test_load_settings_defaults_to_the_gpu_recipe(monkeypatch):
-    monkeypatch.delenv(SETTINGS_ENV, raising=False)
+    monkeypatch.delenv(SETTINGS_VARIABLE, raising=False)
     s = load_settings()
-    assert s.num_epochs == 500
-    assert s.early_stopping_patience == 100
+    gpu = config_train("gpu.yaml")
+    assert s.epochs == gpu["epochs"] == 500
+    assert s.early_stopping.patience == gpu["early_stopping"]["patience"] == 100
     assert s.cls_warmup_epochs == 15
-    assert s.grad_clip == 12
-    assert s.head_lr_multiplier == 4
-    assert s == TrainerSettings()
+    assert s == TrainerSettings.from_dict(gpu_recipe())
 
 
-def test_load_settings_reads_the_file_named_by_the_environment(monkeypatch, tmp_path):
-    path = tmp_path / "settings.json"
-    path.write_text(json.dumps({"num_epochs": 3, "early_stopping_patience": 2, "subtype_table": "t.csv"}))
-    monkeypatch.setenv(SETTINGS_ENV, str(path))
-    s = load_settings()
-    assert s.num_epochs == 3 and s.early_stopping_patience == 2 and s.subtype_table == "t.csv"
-    assert s.grad_clip == 12
-    path.write_text(json.dumps({"num_epoch": 3}))
-    with pytest.raises(ValueError, match="num_epoch"):
-        load_settings()
+def test_settings_handed_over_reach_the_trainer_and_are_withdrawn(monkeypatch):
+    monkeypatch.delenv(SETTINGS_VARIABLE, raising=False)
+    with trainer_settings({"epochs": 3, "early_stopping": {"patience": 2}}):
+        s = load_settings()
+        assert handed_settings() == {"epochs": 3, "early_stopping": {"patience": 2}}
+    assert s.epochs == 3 and s.early_stopping.patience == 2
+    assert s.grad_clip == schema_defaults()["grad_clip"]
+    assert SETTINGS_VARIABLE not in __import__("os").environ
+    with trainer_settings({"num_epoch": 3}):
+        with pytest.raises(ValueError, match="num_epoch"):
+            load_settings()
 
 
-def test_settings_from_config_carries_the_workflow_values_over():
-    train = train_section("config.yaml")
+def test_settings_from_config_is_a_filter_of_the_train_section():
+    train = config_train("config.yaml")
     values = settings_from_config(train)
-    stopping = train["early_stopping"]
-    expected = {
-        "num_epochs": train["epochs"],
-        "iterations_per_epoch": train["iterations_per_epoch"],
-        "val_iterations_per_epoch": train["val_iterations_per_epoch"],
-        "initial_lr": train["initial_lr"],
-        "grad_clip": train["grad_clip"],
-        "cls_loss_weight": train["cls_loss_weight"],
-        "cls_warmup_epochs": train["cls_warmup_epochs"],
-        "cls_ramp_epochs": train["cls_ramp_epochs"],
-        "head_lr_multiplier": train["head_lr_multiplier"],
-        "head_momentum": train["head_momentum"],
-        "head_encoder_gradient": train["head_encoder_gradient"],
-        "case_level_refit": train["case_level_refit"],
-        "class_weighting": train["class_weighting"],
-        "early_stopping_patience": stopping["patience"],
-        "early_stopping_min_delta": stopping["min_delta"],
-        "score_seg_weight": stopping["seg_weight"],
-        "restore_best": stopping["restore_best"],
-        "checkpoint_every": train["checkpoint_every"],
-    }
-    for key, value in expected.items():
-        assert values[key] == value, key
-    # the CPU demo really differs from the defaults where it should
-    assert values["num_epochs"] == 30 and values["early_stopping_patience"] == 15
-    assert values["cls_warmup_epochs"] == 2 and values["cls_ramp_epochs"] == 3
-    # the result is a complete settings file
-    assert TrainerSettings.from_dict(json.loads(json.dumps(values))).num_epochs == 30
+    run_level = {"folds", "head", "device", "data_augmentation_workers"}
+    assert set(values) == set(train) - run_level
+    assert all(values[k] == train[k] for k in values)
+    s = TrainerSettings.from_dict(json.loads(json.dumps(values)))
+    assert s.epochs == 30 and s.early_stopping.patience == 15
+    assert s.cls_warmup_epochs == 2 and s.cls_ramp_epochs == 3
 
 
-def test_gpu_config_gives_the_default_settings():
-    assert settings_from_config(train_section("gpu.yaml")) == TrainerSettings().to_dict()
+def test_train_section_fills_schema_defaults_under_partial_values():
+    full = train_section({"epochs": 4, "early_stopping": {"patience": 0}})
+    assert full["epochs"] == 4 and full["early_stopping"]["patience"] == 0
+    assert full["early_stopping"]["seg_weight"] == schema_defaults()["early_stopping"]["seg_weight"]
+    assert full["head"] == "lesion_pooling" and full["device"] == "auto"
 
 
 def test_read_subtypes_keeps_string_ids_and_skips_unlabelled_rows(tmp_path):
@@ -140,19 +143,19 @@ def test_read_subtypes_keeps_string_ids_and_skips_unlabelled_rows(tmp_path):
 def test_class_weights_balanced_equals_sklearn_on_the_training_labels():
     train = [0, 0, 1, 2, 2, 2]
     expected = compute_class_weight("balanced", classes=np.array([0, 1, 2]), y=np.array(train))
-    np.testing.assert_allclose(class_weights(train, "balanced"), expected)
-    np.testing.assert_allclose(class_weights(train, "balanced"), [1.0, 2.0, 2 / 3])
+    np.testing.assert_allclose(class_weights(train, "balanced", 3), expected)
+    np.testing.assert_allclose(class_weights(train, "balanced", 3), [1.0, 2.0, 2 / 3])
 
 
 def test_class_weights_absent_class_gets_one():
-    weights = class_weights([0, 0, 0, 2], "balanced")
+    weights = class_weights([0, 0, 0, 2], "balanced", 3)
     np.testing.assert_allclose(weights, [4 / 6, 1.0, 2.0])
 
 
 def test_class_weights_none_and_unknown_scheme():
-    np.testing.assert_array_equal(class_weights([0, 0, 1], "none"), np.ones(3))
+    np.testing.assert_array_equal(class_weights([0, 0, 1], "none", 3), np.ones(3))
     with pytest.raises(ValueError, match="inverse"):
-        class_weights([0, 1, 2], "inverse")
+        class_weights([0, 1, 2], "inverse", 3)
 
 
 def test_reference_regions_from_region_target():
@@ -207,7 +210,7 @@ def nn_param() -> torch.nn.Parameter:
 def test_backbone_and_head_gradients_are_clipped_apart():
     backbone, head = torch.zeros(4, requires_grad=True), torch.zeros(2, requires_grad=True)
     trainer = nnUNetTrainerMultiTask.__new__(nnUNetTrainerMultiTask)
-    trainer.settings = TrainerSettings(grad_clip=1.0)
+    trainer.settings = settings(grad_clip=1.0)
     trainer.optimizer = torch.optim.SGD([{"params": [backbone]}, {"params": [head]}], lr=0.1)
     backbone.grad = torch.full((4,), 0.3)  # norm 0.6: under the limit, untouched
     head.grad = torch.tensor([30.0, 40.0])  # norm 50: clipped to 1 without touching the backbone

@@ -189,16 +189,15 @@ def test_rerun_has_nothing_to_do(demo_run):
 
 TRAIN_SNIPPET = """
 import sys
-from pancreas_mtl.logs import set_nnunet_paths
+from pancreas_mtl.nnunet_env import set_nnunet_paths
 from pancreas_mtl.training.run import train_fold
-from pancreas_mtl.training.settings import TrainerSettings
 if __name__ == "__main__":
     root = sys.argv[1]
     set_nnunet_paths(f"{root}/nnUNet_raw", f"{root}/nnUNet_preprocessed", f"{root}/nnUNet_results")
-    settings = dict(num_epochs=5, iterations_per_epoch=4, val_iterations_per_epoch=1,
-                    cls_warmup_epochs=0, cls_ramp_epochs=1, checkpoint_every=1,
-                    early_stopping_patience=0)
-    train_fold(501, "3d_cpu", 1, "nnUNetPlans", "lesion_pooling", settings, device="cpu", threads=2)
+    train = dict(epochs=5, iterations_per_epoch=4, val_iterations_per_epoch=1,
+                 cls_warmup_epochs=0, cls_ramp_epochs=1, checkpoint_every=1,
+                 early_stopping={"patience": 0}, device="cpu")
+    train_fold(501, "3d_cpu", 1, "nnUNetPlans", train, threads=2)
 """
 
 

@@ -26,8 +26,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..nnunet_dataset import read_subtype_table
-from .metrics import MASK_SUFFIX, SUBTYPE_LABELS, classification_metrics, load_label_map
+from ..layout import mask_file_name, raw_image, raw_label, read_subtype_table, table_num_subtypes
+from .metrics import classification_metrics, load_label_map
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +147,13 @@ def _fit_models(features: pd.DataFrame, labels: Sequence[int], seed: int) -> dic
     return models
 
 
-def _score_models(models: dict, features: pd.DataFrame, labels: Sequence[int]) -> dict:
+def _score_models(models: dict, features: pd.DataFrame, labels: Sequence[int], num_subtypes: int) -> dict:
     """Classification metrics (as for the learned head) and per-case predictions of every model."""
     features = pd.DataFrame(features)
     results = {}
     for name, model in models.items():
         predicted = model.predict(np.asarray(features, dtype=np.float64)).astype(int)
-        metrics = classification_metrics(np.asarray(labels, dtype=int), predicted, SUBTYPE_LABELS)
+        metrics = classification_metrics(np.asarray(labels, dtype=int), predicted, range(num_subtypes))
         metrics["predictions"] = {str(c): int(p) for c, p in zip(features.index, predicted)}
         results[name] = metrics
     return results
@@ -164,6 +164,7 @@ def fit_and_evaluate(
     train_labels: Sequence[int],
     test_features: pd.DataFrame,
     test_labels: Sequence[int],
+    num_subtypes: int,
     seed: int = 0,
 ) -> dict:
     """Fit the logistic regression (standardised features) and the random forest, score on the test cases.
@@ -171,7 +172,7 @@ def fit_and_evaluate(
     Returns ``{model: {macro_f1, balanced_accuracy, accuracy, per_class, confusion_matrix, predictions}}``
     with the confusion matrix's rows the true subtype and `predictions` keyed by the test features' index.
     """
-    return _score_models(_fit_models(train_features, train_labels, seed), test_features, test_labels)
+    return _score_models(_fit_models(train_features, train_labels, seed), test_features, test_labels, num_subtypes)
 
 
 def _split_cases(table: pd.DataFrame, split: str) -> pd.DataFrame:
@@ -202,17 +203,18 @@ def run_baseline(
     table = read_subtype_table(subtype_table)
     train, validation = _split_cases(table, "train"), _split_cases(table, "validation")
 
+    num_subtypes = table_num_subtypes(subtype_table)
+
     def image(case_id):
-        return raw / "imagesTr" / f"{case_id}_0000.nii.gz"
+        return raw_image(raw, case_id, "train")
 
     def reference(case_id):
-        return raw / "labelsTr" / f"{case_id}{MASK_SUFFIX}"
+        return raw_label(raw, case_id)
 
-    missing = [
-        str(prediction_dir / f"{c}{MASK_SUFFIX}")
-        for c in validation["case_id"]
-        if not (prediction_dir / f"{c}{MASK_SUFFIX}").is_file()
-    ]
+    def predicted(case_id):
+        return prediction_dir / mask_file_name(case_id)
+
+    missing = [str(predicted(c)) for c in validation["case_id"] if not predicted(c).is_file()]
     if missing:
         raise ValueError(f"predicted mask(s) not found: {missing}")
 
@@ -223,12 +225,12 @@ def run_baseline(
     y_validation = validation["subtype"].to_numpy(dtype=int)
     results = {name: {} for name in MODELS}
     for masks, mask_path in (
-        ("predicted_masks", lambda c: prediction_dir / f"{c}{MASK_SUFFIX}"),
+        ("predicted_masks", predicted),
         ("reference_masks", reference),
     ):
         features = cohort_features((c, image(c), mask_path(c)) for c in validation["case_id"])
         log.info("validation features with %s:\n%s", masks.replace("_", " "), features.to_string())
-        for name, metrics in _score_models(models, features, y_validation).items():
+        for name, metrics in _score_models(models, features, y_validation, num_subtypes).items():
             results[name][masks] = metrics
             log.info("%s on %s: macro-F1 %.3f", name, masks.replace("_", " "), metrics["macro_f1"])
 

@@ -18,11 +18,10 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-SUBTYPE_LABELS = (0, 1, 2)
-SUBTYPE_CSV = "subtype_results.csv"
+from ..layout import PREDICTION_TABLE, mask_file_name, read_prediction_table
+
 SUMMARY_JSON = "summary.json"
 PER_CASE_CSV = "per_case.csv"
-MASK_SUFFIX = ".nii.gz"
 
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
@@ -50,14 +49,12 @@ def case_dice(pred_labels: np.ndarray, ref_labels: np.ndarray) -> dict[str, floa
     }
 
 
-def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int] = SUBTYPE_LABELS) -> float:
+def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int]) -> float:
     """Unweighted mean F1 over `labels`; a class never predicted and never present scores 0."""
     return float(f1_score(y_true, y_pred, labels=list(labels), average="macro", zero_division=0))
 
 
-def classification_metrics(
-    y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int] = SUBTYPE_LABELS
-) -> dict:
+def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int]) -> dict:
     """Macro-F1, per-class precision/recall/F1/support, balanced and plain accuracy, confusion matrix.
 
     The confusion matrix is a list of lists with rows = true class and columns = predicted class.
@@ -134,48 +131,35 @@ def _finite_or_none(value):
     return value
 
 
-def read_subtype_predictions(csv_path: Path):
-    """Subtype prediction table indexed by mask file name (`Names`)."""
-    import pandas as pd
-
-    if not csv_path.is_file():
-        raise ValueError(f"subtype predictions not found: {csv_path}")
-    table = pd.read_csv(csv_path, dtype={"Names": str})
-    missing = {"Names", "Subtype"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{csv_path} lacks column(s) {sorted(missing)}")
-    duplicated = table["Names"][table["Names"].duplicated()].tolist()
-    if duplicated:
-        raise ValueError(f"{csv_path} lists {duplicated} more than once")
-    return table.set_index("Names")
-
-
 def evaluate_split(
     prediction_dir: str | os.PathLike,
-    references: Iterable[tuple[str, str | os.PathLike, int]],
+    references: Iterable[tuple[str, str | os.PathLike, int | None]],
     output_dir: str | os.PathLike,
+    num_subtypes: int,
+    split: str = "validation",
     n_bootstrap: int = 1000,
     seed: int = 0,
 ) -> dict:
-    """Score predicted masks and subtypes of the validation split; write summary.json and per_case.csv.
+    """Score predicted masks and subtypes of one split; write summary.json and per_case.csv.
 
-    `references` holds ``(case_id, reference_mask_path, subtype)``. `prediction_dir` holds
-    ``<case_id>.nii.gz`` masks and ``subtype_results.csv`` (``Names`` = mask file name). Mean DSCs and
-    macro-F1 come with percentile bootstrap 95% intervals over cases.
+    `references` holds ``(case_id, reference_mask_path, subtype)``; a subtype of None (a test case
+    whose label is not known) is scored for segmentation only. `prediction_dir` holds
+    ``<case_id>.nii.gz`` masks and ``subtype_results.csv``. Mean DSCs and macro-F1 come with
+    percentile bootstrap 95% intervals over cases.
     """
     import pandas as pd
 
     prediction_dir, output_dir = Path(prediction_dir), Path(output_dir)
     references = list(references)
     if not references:
-        raise ValueError("no reference cases to evaluate")
-    csv_path = prediction_dir / SUBTYPE_CSV
-    predictions = read_subtype_predictions(csv_path)
+        raise ValueError(f"no reference cases to evaluate in the {split} split")
+    csv_path = prediction_dir / PREDICTION_TABLE
+    predictions = read_prediction_table(csv_path)
     extra_columns = [c for c in predictions.columns if c != "Subtype"]
 
     rows = []
     for case_id, reference_path, subtype in references:
-        mask_name = f"{case_id}{MASK_SUFFIX}"
+        mask_name = mask_file_name(case_id)
         mask_path = prediction_dir / mask_name
         if not mask_path.is_file():
             raise ValueError(f"case {case_id}: predicted mask not found: {mask_path}")
@@ -189,28 +173,34 @@ def evaluate_split(
         rows.append(
             {
                 "case_id": case_id,
-                "subtype": int(subtype),
+                "subtype": pd.NA if subtype is None else int(subtype),
                 "predicted_subtype": int(prediction["Subtype"]),
                 **scores,
                 **{c: prediction[c] for c in extra_columns},
             }
         )
-    per_case = pd.DataFrame(rows)
+    per_case = pd.DataFrame(rows).astype({"subtype": "Int64"})
 
-    y_true = per_case["subtype"].to_numpy()
-    y_pred = per_case["predicted_subtype"].to_numpy()
-    classification = classification_metrics(y_true, y_pred, SUBTYPE_LABELS)
-    summary = {"split": "validation", "n_cases": len(per_case)}
+    summary = {"split": split, "n_cases": len(per_case)}
     for key in ("whole_pancreas_dsc", "lesion_dsc"):
         values = per_case[key].to_numpy(dtype=float)
         summary[key] = float(values.mean())
         summary[f"{key}_ci95"] = list(bootstrap_ci(values, np.mean, n_bootstrap, seed))
-    summary["macro_f1"] = classification["macro_f1"]
-    summary["macro_f1_ci95"] = list(bootstrap_ci((y_true, y_pred), macro_f1, n_bootstrap, seed))
-    summary["balanced_accuracy"] = classification["balanced_accuracy"]
-    summary["accuracy"] = classification["accuracy"]
-    summary["per_class"] = {str(k): v for k, v in classification["per_class"].items()}
-    summary["confusion_matrix"] = classification["confusion_matrix"]
+    labelled = per_case[per_case["subtype"].notna()]
+    summary["n_cases_with_subtype"] = len(labelled)
+    if len(labelled):
+        labels = list(range(int(num_subtypes)))
+        y_true = labelled["subtype"].to_numpy(dtype=int)
+        y_pred = labelled["predicted_subtype"].to_numpy(dtype=int)
+        classification = classification_metrics(y_true, y_pred, labels)
+        summary["macro_f1"] = classification["macro_f1"]
+        summary["macro_f1_ci95"] = list(
+            bootstrap_ci((y_true, y_pred), lambda t, p: macro_f1(t, p, labels), n_bootstrap, seed)
+        )
+        summary["balanced_accuracy"] = classification["balanced_accuracy"]
+        summary["accuracy"] = classification["accuracy"]
+        summary["per_class"] = {str(k): v for k, v in classification["per_class"].items()}
+        summary["confusion_matrix"] = classification["confusion_matrix"]
     summary["n_bootstrap"] = int(n_bootstrap)
     summary = _finite_or_none(summary)
 

@@ -28,10 +28,12 @@ def _save(fig: Figure, path: str | os.PathLike) -> None:
 def plot_confusion_matrix(
     confusion: Sequence[Sequence[int]],
     path: str | os.PathLike,
-    labels: Sequence[str] = ("subtype 0", "subtype 1", "subtype 2"),
+    labels: Sequence[str] | None = None,
 ) -> None:
     """Counts in each cell; colour is the fraction of the true class's row (recall on the diagonal)."""
     counts = np.asarray(confusion, dtype=int)
+    if labels is None:
+        labels = [f"subtype {c}" for c in range(len(counts))]
     row_totals = counts.sum(axis=1, keepdims=True)
     fractions = np.divide(counts, row_totals, out=np.zeros(counts.shape), where=row_totals > 0)
     fig = Figure(figsize=(4.5, 4), layout="constrained")

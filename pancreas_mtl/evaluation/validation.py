@@ -1,12 +1,15 @@
-"""The `evaluate` step: validation metrics against the label-fixed reference masks, and plots."""
+"""The `evaluate` step: validation (and, where test labels are given, test) metrics against the
+label-fixed reference masks, and plots."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
 
-from ..nnunet_dataset import read_subtype_table
-from .metrics import evaluate_split
+from ..layout import raw_label, read_test_labels, split_cases, table_num_subtypes
+from .metrics import SUMMARY_JSON, evaluate_split
 from .plots import (
     plot_confusion_matrix,
     plot_dsc_distributions,
@@ -14,13 +17,23 @@ from .plots import (
     plot_training_curves,
 )
 
+logger = logging.getLogger(__name__)
+
 
 def validation_references(raw_dataset_dir: str | os.PathLike, subtype_table: str | os.PathLike):
     """(case_id, reference mask, subtype) of every validation case."""
-    table = read_subtype_table(subtype_table)
-    table = table[table["split"] == "validation"].sort_values("case_id")
-    labels = Path(raw_dataset_dir) / "labelsTr"
-    return [(c, labels / f"{c}.nii.gz", int(s)) for c, s in zip(table["case_id"], table["subtype"])]
+    return [(c, raw_label(raw_dataset_dir, c), s) for c, s in split_cases(subtype_table, "validation")]
+
+
+def test_references(test_labels_dir: str | os.PathLike, subtype_table: str | os.PathLike):
+    """(case_id, reference mask, subtype or None) of every test case, from a test labels folder."""
+    labels = read_test_labels(test_labels_dir)
+    cases = [c for c, _ in split_cases(subtype_table, "test")]
+    missing = [c for c in cases if c not in labels]
+    if missing:
+        raise ValueError(f"test labels folder {test_labels_dir} has no mask for test case(s) "
+                         f"{', '.join(missing[:10])}")
+    return [(c, *labels[c]) for c in cases]
 
 
 def evaluate_validation(
@@ -30,16 +43,35 @@ def evaluate_validation(
     output_dir: str | os.PathLike,
     confusion_png: str | os.PathLike,
     dsc_png: str | os.PathLike,
+    test_prediction_dir: str | os.PathLike | None = None,
+    test_labels_dir: str | os.PathLike | None = None,
     n_bootstrap: int = 1000,
 ) -> dict:
+    """Validation metrics and plots in output_dir; with test labels, the test split's metrics in
+    output_dir/test and as the `test` entry of the validation summary."""
+    num_subtypes = table_num_subtypes(subtype_table)
     summary = evaluate_split(
         prediction_dir,
         validation_references(raw_dataset_dir, subtype_table),
         output_dir,
+        num_subtypes,
         n_bootstrap=n_bootstrap,
     )
     plot_confusion_matrix(summary["confusion_matrix"], confusion_png)
     plot_dsc_distributions(Path(output_dir) / "per_case.csv", dsc_png)
+    if test_labels_dir is not None:
+        test = evaluate_split(
+            test_prediction_dir,
+            test_references(test_labels_dir, subtype_table),
+            Path(output_dir) / "test",
+            num_subtypes,
+            split="test",
+            n_bootstrap=n_bootstrap,
+        )
+        summary["test"] = test
+        (Path(output_dir) / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+        logger.info("test: whole DSC %.3f, lesion DSC %.3f, macro-F1 %s", test["whole_pancreas_dsc"],
+                    test["lesion_dsc"], test.get("macro_f1"))
     return summary
 
 

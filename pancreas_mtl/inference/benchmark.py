@@ -24,15 +24,22 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..naming import model_folder_name
-from .cli import check_model_folder, default_threads, model_file_ending
+from ..evaluation.metrics import dice
+from ..layout import PREDICTION_TABLE, check_model_folder, image_file_name, model_file_ending, read_prediction_table
+from ..nnunet_env import (
+    PATH_VARIABLES,
+    dataset_prefix,
+    default_threads,
+    ensure_ext_trainer_path,
+    model_folder_name,
+    resolve_device,
+)
 
 logger = logging.getLogger(__name__)
 
 ARMS = ("stock", "two_pass", "multitask")
 STOCK_PROGRAM = "nnUNetv2_predict"
 MULTITASK_PROGRAM = "pancreas-mtl-predict"
-NNUNET_PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 MASK_LABELS = (1, 2)
 REPORT_NAME = "inference_speed.json"
 PLOT_NAME = "inference_speed.png"
@@ -118,12 +125,7 @@ def mask_dice(a: np.ndarray, b: np.ndarray, labels: Iterable[int] = MASK_LABELS)
     """Dice between two label masks, averaged over labels; a label absent from both counts 1.0."""
     if a.shape != b.shape:
         raise ValueError(f"mask shapes differ: {a.shape} vs {b.shape}")
-    scores = []
-    for label in labels:
-        x, y = a == label, b == label
-        total = int(x.sum()) + int(y.sum())
-        scores.append(1.0 if total == 0 else 2.0 * int((x & y).sum()) / total)
-    return float(np.mean(scores))
+    return float(np.mean([dice(a == label, b == label) for label in labels]))
 
 
 def mean_mask_dice(
@@ -143,10 +145,8 @@ def mean_mask_dice(
 
 def subtype_agreement(csv_a: str | os.PathLike, csv_b: str | os.PathLike) -> float:
     """Fraction of cases given the same subtype in two subtype_results.csv files."""
-    import pandas as pd
-
-    a = pd.read_csv(csv_a).set_index("Names")["Subtype"]
-    b = pd.read_csv(csv_b).set_index("Names")["Subtype"].reindex(a.index)
+    a = read_prediction_table(csv_a)["Subtype"]
+    b = read_prediction_table(csv_b)["Subtype"].reindex(a.index)
     return float((a == b).mean())
 
 
@@ -218,9 +218,7 @@ def describe_device(device) -> str:
 def prediction_environment(model_folder: Path, dataset_id: int, trainer_name: str,
                            plans_identifier: str, configuration: str) -> dict[str, str]:
     """Environment for the arms' processes; checks that stock nnU-Net will load `model_folder`."""
-    from ..training.run import ensure_ext_trainer_path
-
-    missing = [v for v in NNUNET_PATH_VARIABLES if not os.environ.get(v)]
+    missing = [v for v in PATH_VARIABLES.values() if not os.environ.get(v)]
     if missing:
         raise ValueError(f"set {', '.join(missing)}: stock nnUNetv2_predict finds the model through them")
     ensure_ext_trainer_path()
@@ -230,7 +228,7 @@ def prediction_environment(model_folder: Path, dataset_id: int, trainer_name: st
     if (
         model_folder.name != model_folder_name(trainer_name, plans_identifier, configuration)
         or model_folder.parent.parent.resolve() != expected_parent
-        or not model_folder.parent.name.startswith(f"Dataset{int(dataset_id):03d}_")
+        or not model_folder.parent.name.startswith(dataset_prefix(dataset_id))
     ):
         raise ValueError(
             f"model folder {model_folder} is not where nnUNetv2_predict -d {dataset_id} -tr "
@@ -244,7 +242,7 @@ def link_images(images: Sequence[tuple[str, str | os.PathLike]], folder: Path, f
     """An input folder holding only the chosen cases, named as nnU-Net expects."""
     folder.mkdir(parents=True, exist_ok=True)
     for case_id, image in images:
-        target = folder / f"{case_id}_0000{file_ending}"
+        target = folder / image_file_name(case_id, file_ending)
         source = Path(image).resolve()
         if not source.is_file():
             raise FileNotFoundError(f"image of case {case_id} not found: {image}")
@@ -274,7 +272,6 @@ def benchmark_inference(
     import torch
 
     from ..evaluation.plots import plot_inference_speed
-    from ..training.run import resolve_device
 
     model_folder = Path(model_folder).resolve()
     images = list(images)
@@ -319,10 +316,10 @@ def benchmark_inference(
         }
         for part in parts.values():
             del part[:warmup]
-        dice = mean_mask_dice(outputs["multitask"], outputs["stock"], case_ids, file_ending)
+        agreement_dice = mean_mask_dice(outputs["multitask"], outputs["stock"], case_ids, file_ending)
         agreement = subtype_agreement(
-            outputs["two_pass_classification"] / "subtype_results.csv",
-            outputs["multitask"] / "subtype_results.csv",
+            outputs["two_pass_classification"] / PREDICTION_TABLE,
+            outputs["multitask"] / PREDICTION_TABLE,
         )
 
     report = speed_report(
@@ -330,7 +327,7 @@ def benchmark_inference(
         # every arm gets the bare device type, as nnUNetv2_predict takes it: the first visible GPU
         describe_device(torch.device(torch_device.type)),
         per_repeat,
-        dice,
+        agreement_dice,
         repeats=int(repeats),
         warmup=int(warmup),
         tta=bool(tta),

@@ -12,59 +12,13 @@ MODEL_FOLDER is an nnU-Net results folder of one trainer/plans/configuration
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import multiprocessing
 import sys
-from pathlib import Path
 from typing import Sequence
 
+from ..layout import check_model_folder, find_images, model_file_ending
+
 logger = logging.getLogger(__name__)
-
-DEFAULT_FILE_ENDING = ".nii.gz"
-
-
-def default_threads(device_type: str) -> int:
-    """Torch threads as nnUNetv2_predict sets them: every CPU on CPU, one when a GPU computes."""
-    return multiprocessing.cpu_count() if device_type == "cpu" else 1
-
-
-def model_file_ending(model_folder: str | Path) -> str:
-    dataset_json = Path(model_folder) / "dataset.json"
-    if not dataset_json.is_file():
-        return DEFAULT_FILE_ENDING
-    return json.loads(dataset_json.read_text()).get("file_ending", DEFAULT_FILE_ENDING)
-
-
-def check_model_folder(model_folder: str | Path, folds: Sequence[int], checkpoint: str) -> None:
-    """FileNotFoundError naming the folder when it is not a results folder or lacks a fold's checkpoint."""
-    model_folder = Path(model_folder)
-    if not model_folder.is_dir():
-        raise FileNotFoundError(f"model folder {model_folder} does not exist")
-    for name in ("plans.json", "dataset.json"):
-        if not (model_folder / name).is_file():
-            raise FileNotFoundError(
-                f"model folder {model_folder} lacks {name}: not an nnU-Net results folder"
-            )
-    for fold in folds:
-        if not (model_folder / f"fold_{fold}" / checkpoint).is_file():
-            raise FileNotFoundError(f"model folder {model_folder} lacks fold_{fold}/{checkpoint}")
-
-
-def find_images(input_folder: str | Path, file_ending: str = DEFAULT_FILE_ENDING) -> list[tuple[str, Path]]:
-    """(case_id, image) for every `<case>_0000<file_ending>` in a folder, sorted by case id."""
-    input_folder = Path(input_folder)
-    if not input_folder.is_dir():
-        raise FileNotFoundError(f"input folder {input_folder} does not exist")
-    suffix = f"_0000{file_ending}"
-    images = sorted(
-        (p.name[: -len(suffix)], p)
-        for p in input_folder.iterdir()
-        if p.name.endswith(suffix) and p.is_file()
-    )
-    if not images:
-        raise FileNotFoundError(f"input folder {input_folder} holds no *{suffix} images")
-    return images
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # torch is imported only after the arguments are known good: errors come back in a blink
     import torch
 
-    from ..training.run import resolve_device
+    from ..nnunet_env import default_threads, resolve_device
     from .predictor import load_predictor, predict_cases
 
     device = resolve_device(args.device)

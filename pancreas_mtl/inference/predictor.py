@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -22,21 +21,11 @@ from nnunetv2.inference.export_prediction import export_prediction_from_logits
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 
-from ..nnunet_dataset import read_subtype_table
-from ..training.heads import NUM_SUBTYPES, add_evidence
-from ..training.run import ensure_ext_trainer_path, resolve_device
+from ..layout import prediction_row, raw_image, split_cases, write_prediction_table
+from ..nnunet_env import ensure_ext_trainer_path, resolve_device
+from ..training.heads import add_evidence
 
 logger = logging.getLogger(__name__)
-
-PROBABILITY_COLUMNS = [f"prob_subtype{c}" for c in range(NUM_SUBTYPES)]
-
-
-@dataclass
-class CasePrediction:
-    case_id: str
-    mask_file: Path
-    subtype: int
-    probabilities: np.ndarray
 
 
 class MultiTaskPredictor(nnUNetPredictor):
@@ -49,6 +38,10 @@ class MultiTaskPredictor(nnUNetPredictor):
         self.mirror_batch = 8
         self.channels_last = False
         self.last_subtype_probabilities: np.ndarray | None = None
+
+    @property
+    def num_subtypes(self) -> int:
+        return int(self.network.head.classifier[-1].out_features)
 
     def _gaussian(self, device) -> torch.Tensor:
         if not self.use_gaussian:
@@ -175,27 +168,19 @@ def predict_cases(
         probs = predictor.predict_case(
             image, os.fspath(output_dir / case_id) if write_masks else None
         )
-        rows.append(
-            {
-                "Names": f"{case_id}{file_ending}",
-                "Subtype": int(np.argmax(probs)),
-                **{c: float(p) for c, p in zip(PROBABILITY_COLUMNS, probs)},
-            }
-        )
+        rows.append(prediction_row(case_id, probs, file_ending))
         logger.info("%s: subtype %d %s", case_id, rows[-1]["Subtype"], np.round(probs, 3))
-    table = pd.DataFrame(rows, columns=["Names", "Subtype", *PROBABILITY_COLUMNS])
-    table.to_csv(output_dir / "subtype_results.csv", index=False)
+    table = pd.DataFrame(rows)
+    write_prediction_table(rows, output_dir, predictor.num_subtypes)
     return table
 
 
 def split_images(raw_dataset_dir: str | os.PathLike, subtype_table: str | os.PathLike, split: str):
     """(case_id, image file) pairs of one split, from the raw dataset written by `dataset`."""
-    table = read_subtype_table(subtype_table)
-    cases = sorted(table.loc[table["split"] == split, "case_id"])
+    cases = [case_id for case_id, _ in split_cases(subtype_table, split)]
     if not cases:
         raise ValueError(f"{subtype_table} lists no {split} cases")
-    folder = Path(raw_dataset_dir) / ("imagesTs" if split == "test" else "imagesTr")
-    return [(c, folder / f"{c}_0000.nii.gz") for c in cases]
+    return [(c, raw_image(raw_dataset_dir, c, split)) for c in cases]
 
 
 def predict_split(

@@ -1,6 +1,5 @@
-"""Re-exports the multi-task trainers so nnU-Net finds them through nnUNet_extTrainer."""
+"""The multi-task trainers, one per registered head, where nnU-Net looks for them (nnUNet_extTrainer)."""
 
-from pancreas_mtl.training.trainer import (  # noqa: F401
-    nnUNetTrainerMultiTask,
-    nnUNetTrainerMultiTaskAttention,
-)
+from pancreas_mtl.training.trainer import TRAINERS
+
+globals().update(TRAINERS)

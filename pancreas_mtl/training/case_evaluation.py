@@ -26,7 +26,7 @@ def tile_slices(shape: Sequence[int], patch: Sequence[int], step: float = 0.5) -
 
 
 @torch.no_grad()
-def predict_case(
+def sliding_window_case(
     network, data: np.ndarray, patch_size: Sequence[int], device: torch.device, step: float = 0.5
 ) -> tuple[np.ndarray, Evidence]:
     """Stitched segmentation logits (C, *shape) and summed head evidence for one case."""

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Evidence = dict[str, torch.Tensor]
+from ..layout import DEFAULT_NUM_SUBTYPES
 
-NUM_SUBTYPES = 3
+Evidence = dict[str, torch.Tensor]
 
 
 def add_evidence(a: Evidence | None, b: Evidence) -> Evidence:
@@ -128,7 +128,7 @@ class LesionPoolingHead(nn.Module):
         stages: Sequence[int] = (-1, 0, 1),
         hidden: int = 64,
         dropout: float = 0.2,
-        num_classes: int = NUM_SUBTYPES,
+        num_classes: int = DEFAULT_NUM_SUBTYPES,
     ):
         super().__init__()
         self.stages = tuple(int(s) for s in stages)
@@ -238,7 +238,7 @@ class AttentionFusionHead(nn.Module):
         n_stages: int = 3,
         hidden: int = 128,
         dropout: float = 0.3,
-        num_classes: int = NUM_SUBTYPES,
+        num_classes: int = DEFAULT_NUM_SUBTYPES,
     ):
         super().__init__()
         encoder_channels = list(stage_channels[1:])

@@ -8,18 +8,14 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score
-
-from .heads import NUM_SUBTYPES
+from ..evaluation.metrics import classification_metrics
 
 MONITOR_JSON = "classification_monitor.json"
 MONITOR_CSV = "classification_monitor.csv"
 MONITOR_PNG = "classification_monitor.png"
 
 
-def classification_summary(
-    y_true: Sequence[int], logits: np.ndarray, num_classes: int = NUM_SUBTYPES
-) -> dict:
+def classification_summary(y_true: Sequence[int], logits: np.ndarray, num_classes: int) -> dict:
     """Macro-F1, confusion matrix, prediction counts and mean logits of one evaluation."""
     y_true = np.asarray(y_true, dtype=int)
     logits = np.asarray(logits, dtype=float).reshape(len(y_true), num_classes)
@@ -34,16 +30,17 @@ def classification_summary(
         }
     y_pred = logits.argmax(1)
     counts = np.bincount(y_pred, minlength=num_classes)
+    metrics = classification_metrics(y_true, y_pred, labels)
     return {
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "macro_f1": metrics["macro_f1"],
+        "confusion": metrics["confusion_matrix"],
         "pred_counts": counts.tolist(),
         "never_predicted": [c for c in labels if counts[c] == 0],
         "mean_logits": logits.mean(0).tolist(),
     }
 
 
-def unpredicted_streaks(history: list[dict], num_classes: int = NUM_SUBTYPES) -> dict[int, int]:
+def unpredicted_streaks(history: list[dict], num_classes: int) -> dict[int, int]:
     """For each class, how many of the latest case-validated epochs in a row never predicted it."""
     validated = [row for row in history if "never_predicted" in row]
     streaks = {}
@@ -79,7 +76,7 @@ def write_monitor(history: list[dict], folder: str | os.PathLike) -> None:
     pd.DataFrame(rows).to_csv(folder / MONITOR_CSV, index=False)
 
 
-def plot_monitor(history: list[dict], path: str | os.PathLike) -> None:
+def plot_monitor(history: list[dict], path: str | os.PathLike, num_classes: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,7 +97,7 @@ def plot_monitor(history: list[dict], path: str | os.PathLike) -> None:
     ax.legend(loc="lower right", fontsize=8)
     ax = axes[1]
     validated = [r for r in history if "pred_counts" in r]
-    for c in range(NUM_SUBTYPES):
+    for c in range(num_classes):
         ax.plot([r["epoch"] for r in validated], [r["pred_counts"][c] for r in validated],
                 label=f"subtype {c}")
     ax.set_ylabel("val predictions per class")

@@ -1,45 +1,56 @@
-"""Training settings for the multi-task trainer.
+"""Training settings of the multi-task trainer: the workflow's `train` config section, filtered.
 
-nnU-Net builds trainers from a fixed constructor signature, so the workflow hands settings over
-in a JSON file named by the PANCREAS_MTL_TRAINER_SETTINGS environment variable. Without it the
-defaults below apply: the full-scale (GPU) recipe.
+Settings carry the config keys' own names, and their defaults are the config schema's, so the
+hand-off from the workflow is a filter and no default is written twice. nnU-Net constructs
+trainers through a fixed signature, so the workflow hands them over with
+`nnunet_env.trainer_settings`; a trainer built without that (stock `nnUNetv2_train -tr
+nnUNetTrainerMultiTask`) gets the GPU recipe, `config/gpu.yaml` over the schema's defaults.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import json
-import os
+import functools
 from pathlib import Path
 
-SETTINGS_ENV = "PANCREAS_MTL_TRAINER_SETTINGS"
+import yaml
+
+from ..nnunet_env import handed_settings
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+GPU_CONFIG = REPO / "config" / "gpu.yaml"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class EarlyStopping:
+    patience: int
+    min_delta: float
+    seg_weight: float
+    restore_best: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainerSettings:
-    num_epochs: int = 500
-    iterations_per_epoch: int = 250
-    val_iterations_per_epoch: int = 50
-    initial_lr: float = 1e-2
-    grad_clip: float = 12.0
-    cls_loss_weight: float = 0.3
-    cls_warmup_epochs: int = 15
-    cls_ramp_epochs: int = 15
-    head_lr_multiplier: float = 4.0
-    head_momentum: float = 0.9
-    head_encoder_gradient: float = 0.0
-    class_weighting: str = "balanced"
-    intensity_augmentation: float = 1.0
-    early_stopping_patience: int = 100
-    early_stopping_min_delta: float = 0.0
-    score_seg_weight: float = 0.5
-    checkpoint_every: int = 5
-    restore_best: bool = False
-    case_level_refit: bool = True
-    refit_c: float = 1.0
-    unpredicted_warning_epochs: int = 5
-    case_validation_every: int = 1
-    subtype_table: str | None = None
+    epochs: int
+    iterations_per_epoch: int
+    val_iterations_per_epoch: int
+    initial_lr: float
+    grad_clip: float
+    cls_loss_weight: float
+    cls_warmup_epochs: int
+    cls_ramp_epochs: int
+    head_lr_multiplier: float
+    head_momentum: float
+    head_encoder_gradient: float
+    class_weighting: str
+    intensity_augmentation: float
+    early_stopping: EarlyStopping
+    case_level_refit: bool
+    refit_c: float
+    case_validation_every: int
+    checkpoint_every: int
 
     def cls_weight_at(self, epoch: int) -> float:
         """Classification loss weight: zero during warm-up, then a linear ramp to the target."""
@@ -52,45 +63,65 @@ class TrainerSettings:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainerSettings":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        """Settings from (part of) a `train` section; missing keys take the schema's defaults."""
+        merged = schema_defaults()
+        unknown = sorted(set(values) - set(merged))
         if unknown:
             raise ValueError(f"unknown trainer settings: {', '.join(unknown)}")
-        return cls(**values)
+        stopping = dict(values.get("early_stopping", {}))
+        unknown = sorted(set(stopping) - set(merged["early_stopping"]))
+        if unknown:
+            raise ValueError(f"unknown early_stopping settings: {', '.join(unknown)}")
+        merged.update({k: v for k, v in values.items() if k != "early_stopping"})
+        merged["early_stopping"] = EarlyStopping(**{**merged["early_stopping"], **stopping})
+        return cls(**merged)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def load_settings() -> TrainerSettings:
-    path = os.environ.get(SETTINGS_ENV)
-    if not path:
-        return TrainerSettings()
-    return TrainerSettings.from_dict(json.loads(Path(path).read_text()))
+def _train_schema() -> dict:
+    return yaml.safe_load(SCHEMA.read_text())["properties"]["train"]["properties"]
+
+
+def _defaults(properties: dict) -> dict:
+    return {
+        key: _defaults(spec["properties"]) if spec.get("type") == "object" else spec["default"]
+        for key, spec in properties.items()
+    }
+
+
+@functools.cache
+def _train_defaults() -> dict:
+    return _defaults(_train_schema())
+
+
+def train_section(values: dict) -> dict:
+    """A whole `train` config section: `values` over the schema's defaults."""
+    merged = copy.deepcopy(_train_defaults())
+    for key, value in values.items():
+        merged[key] = {**merged[key], **value} if isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def schema_defaults() -> dict:
+    """The trainer settings' defaults as the config schema writes them."""
+    return settings_from_config(_train_defaults())
 
 
 def settings_from_config(train: dict) -> dict:
-    """Trainer settings from the workflow's `train` config section."""
-    stopping = train.get("early_stopping", {})
-    values = {
-        "num_epochs": train["epochs"],
-        "iterations_per_epoch": train["iterations_per_epoch"],
-        "val_iterations_per_epoch": train["val_iterations_per_epoch"],
-        "initial_lr": train["initial_lr"],
-        "grad_clip": train["grad_clip"],
-        "cls_loss_weight": train["cls_loss_weight"],
-        "cls_warmup_epochs": train["cls_warmup_epochs"],
-        "cls_ramp_epochs": train["cls_ramp_epochs"],
-        "head_lr_multiplier": train["head_lr_multiplier"],
-        "head_momentum": train["head_momentum"],
-        "head_encoder_gradient": train["head_encoder_gradient"],
-        "class_weighting": train["class_weighting"],
-        "intensity_augmentation": train["intensity_augmentation"],
-        "early_stopping_patience": stopping.get("patience", 100),
-        "early_stopping_min_delta": stopping.get("min_delta", 0.0),
-        "score_seg_weight": stopping.get("seg_weight", 0.5),
-        "restore_best": stopping.get("restore_best", False),
-        "case_level_refit": train["case_level_refit"],
-        "checkpoint_every": train["checkpoint_every"],
-    }
-    return TrainerSettings.from_dict(values).to_dict()
+    """The trainer settings within a `train` config section (run-level keys such as folds, head,
+    device and workers are left out)."""
+    names = {f.name for f in dataclasses.fields(TrainerSettings)}
+    return {k: copy.deepcopy(v) for k, v in train.items() if k in names}
+
+
+def gpu_recipe() -> dict:
+    """Trainer settings of config/gpu.yaml."""
+    return settings_from_config(yaml.safe_load(GPU_CONFIG.read_text()).get("train", {}))
+
+
+def load_settings() -> TrainerSettings:
+    """Settings handed over by the workflow, or the GPU recipe for a trainer started on its own."""
+    handed = handed_settings()
+    return TrainerSettings.from_dict(handed if handed else gpu_recipe())

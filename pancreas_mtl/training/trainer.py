@@ -21,10 +21,11 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import autocast, nn
 
 from ..evaluation.metrics import dice
-from ..nnunet_dataset import read_subtype_table
-from .case_evaluation import predict_case
+from ..layout import DEFAULT_NUM_SUBTYPES, NUM_SUBTYPES_KEY, read_num_subtypes, read_subtypes
+from ..nnunet_env import HEAD_TRAINERS
+from .case_evaluation import sliding_window_case
 from .early_stopping import stopping_state
-from .heads import HEADS, NUM_SUBTYPES, MultiTaskUNet, stage_channels
+from .heads import HEADS, MultiTaskUNet, stage_channels
 from .monitor import (
     MONITOR_PNG,
     classification_summary,
@@ -36,6 +37,8 @@ from .settings import TrainerSettings, load_settings
 
 SUBTYPE_TABLE = "subtypes.csv"
 MONITOR_KEY = "classification_monitor"
+# validation epochs in a row without a prediction of some class before the log warns
+UNPREDICTED_WARNING_EPOCHS = 5
 
 
 class GroupPolyLRScheduler(PolyLRScheduler):
@@ -55,20 +58,14 @@ class GroupPolyLRScheduler(PolyLRScheduler):
         self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
 
-def read_subtypes(path: str) -> dict[str, int]:
-    """case id -> subtype for every labelled case of the subtype table."""
-    table = read_subtype_table(path).dropna(subset=["subtype"])
-    return {str(k): int(v) for k, v in zip(table["case_id"], table["subtype"])}
-
-
-def class_weights(labels: list[int], scheme: str) -> np.ndarray:
+def class_weights(labels: list[int], scheme: str, num_classes: int) -> np.ndarray:
     """Cross-entropy class weights from the training split's labels only."""
     if scheme == "none":
-        return np.ones(NUM_SUBTYPES)
+        return np.ones(num_classes)
     if scheme != "balanced":
         raise ValueError(f"unknown class weighting {scheme!r} (balanced, none)")
     present = np.unique(labels)
-    weights = np.ones(NUM_SUBTYPES)
+    weights = np.ones(num_classes)
     weights[present] = compute_class_weight("balanced", classes=present, y=np.asarray(labels))
     return weights
 
@@ -116,7 +113,11 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.settings: TrainerSettings = load_settings()
         s = self.settings
-        self.num_epochs = s.num_epochs
+        # the classes come from the cohort; the network builder only sees the plans, which the
+        # trainer also saves beside the model, so stock nnU-Net builds the same head from them
+        self.num_subtypes = read_num_subtypes(dataset_json)
+        self.plans_manager.plans[NUM_SUBTYPES_KEY] = self.num_subtypes
+        self.num_epochs = s.epochs
         self.num_iterations_per_epoch = s.iterations_per_epoch
         self.num_val_iterations_per_epoch = s.val_iterations_per_epoch
         self.initial_lr = s.initial_lr
@@ -145,7 +146,8 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
             num_output_channels,
             enable_deep_supervision,
         )
-        head = HEADS[cls.head_name](stage_channels(unet, num_input_channels))
+        num_subtypes = plans_manager.plans.get(NUM_SUBTYPES_KEY, DEFAULT_NUM_SUBTYPES)
+        head = HEADS[cls.head_name](stage_channels(unet, num_input_channels), num_classes=num_subtypes)
         return MultiTaskUNet(unet, head, num_output_channels)
 
     def get_training_transforms(self, *args, **kwargs):
@@ -209,9 +211,7 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
 
     def on_train_start(self):
         super().on_train_start()
-        table = self.settings.subtype_table or join(
-            self.preprocessed_dataset_folder_base, SUBTYPE_TABLE
-        )
+        table = join(self.preprocessed_dataset_folder_base, SUBTYPE_TABLE)
         self.subtype_of = read_subtypes(table)
         tr_keys, self.val_keys = self.do_split()
         missing = sorted(k for k in [*tr_keys, *self.val_keys] if k not in self.subtype_of)
@@ -219,7 +219,9 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
             raise RuntimeError(
                 f"{table} has no subtype for {len(missing)} case(s): {', '.join(missing[:10])}"
             )
-        weights = class_weights([self.subtype_of[k] for k in tr_keys], self.settings.class_weighting)
+        weights = class_weights(
+            [self.subtype_of[k] for k in tr_keys], self.settings.class_weighting, self.num_subtypes
+        )
         self.print_to_log_file(
             f"subtype class weights (training split, {len(tr_keys)} cases): {np.round(weights, 3).tolist()}"
         )
@@ -295,7 +297,7 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
         self._epoch_cls = {
             "cls_loss": float(np.mean([o["cls_loss"] for o in train_outputs])),
             "cls_weight": self.settings.cls_weight_at(self.current_epoch),
-            "train_pred_counts": np.bincount(preds[preds >= 0], minlength=NUM_SUBTYPES).tolist(),
+            "train_pred_counts": np.bincount(preds[preds >= 0], minlength=self.num_subtypes).tolist(),
         }
 
     def on_validation_epoch_end(self, val_outputs: list[dict]):
@@ -312,7 +314,7 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
         try:
             for key in self.val_keys:
                 data, seg, _, _ = dataset.load_case(key)
-                seg_logits, evidence = predict_case(
+                seg_logits, evidence = sliding_window_case(
                     self._model, data, self.configuration_manager.patch_size, self.device
                 )
                 whole, lesion = self._model.region_probabilities(torch.from_numpy(seg_logits)[None])
@@ -324,10 +326,10 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
                 labels.append(self.subtype_of[key])
         finally:
             self.set_deep_supervision_enabled(self.enable_deep_supervision)
-        summary = classification_summary(labels, np.array(logits))
+        summary = classification_summary(labels, np.array(logits), self.num_subtypes)
         summary["whole_dsc"] = float(np.mean(whole_dsc))
         summary["lesion_dsc"] = float(np.mean(lesion_dsc))
-        w = self.settings.score_seg_weight
+        w = self.settings.early_stopping.seg_weight
         summary["score"] = w * (summary["whole_dsc"] + summary["lesion_dsc"]) / 2 + (1 - w) * summary[
             "macro_f1"
         ]
@@ -339,8 +341,8 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
         s = self.settings
         state = stopping_state(
             [r.get("score") for r in self.monitor_history],
-            s.early_stopping_patience,
-            s.early_stopping_min_delta,
+            s.early_stopping.patience,
+            s.early_stopping.min_delta,
             min_epochs=s.cls_warmup_epochs + s.cls_ramp_epochs,
         )
         if "score" in row:
@@ -349,20 +351,20 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
                 f"macro-F1 {row['macro_f1']:.4f}, predictions per subtype {row['pred_counts']}, "
                 f"score {row['score']:.4f}"
             )
-        for c, n in unpredicted_streaks(self.monitor_history).items():
-            if n >= s.unpredicted_warning_epochs and self.current_epoch >= s.cls_warmup_epochs:
+        for c, n in unpredicted_streaks(self.monitor_history, self.num_subtypes).items():
+            if n >= UNPREDICTED_WARNING_EPOCHS and self.current_epoch >= s.cls_warmup_epochs:
                 self.print_to_log_file(
                     f"WARNING: subtype {c} has not been predicted on the validation cases for {n} epochs"
                 )
         if self.local_rank == 0:
             write_monitor(self.monitor_history, self.output_folder)
-            plot_monitor(self.monitor_history, join(self.output_folder, MONITOR_PNG))
+            plot_monitor(self.monitor_history, join(self.output_folder, MONITOR_PNG), self.num_subtypes)
         if state.is_best:
             self.print_to_log_file(f"New best early-stopping score: {state.best_score:.4f}")
             self.save_checkpoint(join(self.output_folder, "checkpoint_best_score.pth"))
         if state.should_stop:
             self.print_to_log_file(
-                f"Early stopping: no improvement for {s.early_stopping_patience} epochs "
+                f"Early stopping: no improvement for {s.early_stopping.patience} epochs "
                 f"(best epoch {state.best_epoch}, score {state.best_score:.4f})"
             )
             self._stop = True
@@ -397,7 +399,7 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
 
     def on_train_end(self):
         best = join(self.output_folder, "checkpoint_best_score.pth")
-        if self.settings.restore_best and os.path.isfile(best):
+        if self.settings.early_stopping.restore_best and os.path.isfile(best):
             weights = torch.load(best, map_location=self.device, weights_only=False)["network_weights"]
             self._model.load_state_dict(weights)
             self.print_to_log_file("Final checkpoint holds the weights of the best-scoring epoch")
@@ -415,7 +417,7 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
             with torch.no_grad():
                 for key in keys:
                     data = dataset.load_case(key)[0]
-                    _, evidence = predict_case(
+                    _, evidence = sliding_window_case(
                         self._model, data, self.configuration_manager.patch_size, self.device
                     )
                     features.append(self._model.hidden_features(evidence)[0].float().cpu().numpy())
@@ -432,11 +434,11 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
         """
         tr_keys = [k for k in self.do_split()[0] if k in self.subtype_of]
         labels = np.array([self.subtype_of[k] for k in tr_keys])
-        if len(np.unique(labels)) < NUM_SUBTYPES:
+        if len(np.unique(labels)) < self.num_subtypes:
             self.print_to_log_file("case-level refit skipped: a subtype is missing from training")
             return
         before = self.evaluate_validation_cases()
-        weights = class_weights(list(labels), self.settings.class_weighting)
+        weights = class_weights(list(labels), self.settings.class_weighting, self.num_subtypes)
         coef, intercept = standardized_logistic_regression(
             self.case_hidden_features(tr_keys), labels, weights, self.settings.refit_c
         )
@@ -454,8 +456,14 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
             json.dump({"before": before, "after": after, "n_train": len(tr_keys)}, f, indent=1)
 
 
-class nnUNetTrainerMultiTaskAttention(nnUNetTrainerMultiTask):
-    """The public seed's head: attention fusion of the last three encoder stages."""
+def _trainer_for(head: str, name: str) -> type:
+    """The trainer nnU-Net loads by `name` for a registered head."""
+    if head == nnUNetTrainerMultiTask.head_name:
+        return nnUNetTrainerMultiTask
+    doc = f"The multi-task trainer with the {head} head."
+    return type(name, (nnUNetTrainerMultiTask,), {"head_name": head, "__doc__": doc, "__module__": __name__})
 
-    head_name = "attention_fusion"
 
+# one trainer per registered head, named as nnunet_env.HEAD_TRAINERS says
+TRAINERS = {name: _trainer_for(head, name) for head, name in HEAD_TRAINERS.items()}
+globals().update(TRAINERS)

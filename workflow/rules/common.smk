@@ -2,7 +2,7 @@ import os
 
 from snakemake.utils import validate
 
-from pancreas_mtl.naming import (
+from pancreas_mtl.nnunet_env import (
     dataset_name,
     model_folder_name,
     plans_identifier,
@@ -16,6 +16,12 @@ DEMO = config["data_dir"] == "demo"
 DATA_DIR = f"{RESULTS}/demo/cohort" if DEMO else config["data_dir"]
 if not DEMO and not os.path.isdir(DATA_DIR):
     raise WorkflowError(f"config key data_dir: {DATA_DIR!r} is not a directory")
+# reference masks of the test split, kept outside the cohort; evaluate scores the test split with them
+TEST_LABELS = config["test_labels_dir"] or None
+if TEST_LABELS and not os.path.isdir(TEST_LABELS):
+    raise WorkflowError(
+        f"config key test_labels_dir: {TEST_LABELS!r} is not a directory"
+    )
 
 DATASET = dataset_name(config["dataset"]["id"], config["dataset"]["name"])
 RAW_ROOT = f"{RESULTS}/nnUNet_raw"
@@ -56,3 +62,13 @@ def model_folder(wildcards, input):
 
 def output_folder(wildcards, output):
     return os.path.dirname(output[0])
+
+
+def test_evaluation_inputs(wildcards):
+    """Test predictions and labels for `evaluate`, when test labels are known."""
+    if TEST_LABELS is None:
+        return {}
+    return {
+        "test_predictions": f"{RESULTS}/predictions/test",
+        "test_labels": TEST_LABELS,
+    }

@@ -1,5 +1,6 @@
 rule evaluate_validation:
     input:
+        unpack(test_evaluation_inputs),
         predictions=f"{RESULTS}/predictions/validation",
         raw=rules.ingest_cohort.output.raw,
         subtypes=rules.ingest_cohort.output.subtypes,

@@ -28,8 +28,6 @@ rule train_fold:
         dataset_id=config["dataset"]["id"],
         configuration=CONFIGURATION,
         plans_identifier=PLANS,
-        head=config["train"]["head"],
-        device=config["train"]["device"],
         train=config["train"],
         nnunet_paths=NNUNET_PATHS,
     script:

@@ -1,13 +1,12 @@
 from pancreas_mtl.logs import log_to_file
 
-if __name__ == "__main__":
-    log_to_file(snakemake.log[0])
+log_to_file(snakemake.log[0])
 
-    from pancreas_mtl.evaluation.baseline import run_baseline
+from pancreas_mtl.evaluation.baseline import run_baseline
 
-    run_baseline(
-        snakemake.input.raw,
-        snakemake.input.subtypes,
-        snakemake.input.predictions,
-        snakemake.output.metrics,
-    )
+run_baseline(
+    snakemake.input.raw,
+    snakemake.input.subtypes,
+    snakemake.input.predictions,
+    snakemake.output.metrics,
+)

@@ -1,16 +1,16 @@
 from pancreas_mtl.logs import log_to_file
 
-# nnU-Net starts worker processes with "spawn", which re-imports this module
-if __name__ == "__main__":
-    log_to_file(snakemake.log[0])
+log_to_file(snakemake.log[0])
 
-    from pancreas_mtl.evaluation.validation import evaluate_validation
+from pancreas_mtl.evaluation.validation import evaluate_validation
 
-    evaluate_validation(
-        snakemake.input.predictions,
-        snakemake.input.raw,
-        snakemake.input.subtypes,
-        output_dir=snakemake.params.output_dir,
-        confusion_png=snakemake.output.confusion,
-        dsc_png=snakemake.output.dsc,
-    )
+evaluate_validation(
+    snakemake.input.predictions,
+    snakemake.input.raw,
+    snakemake.input.subtypes,
+    output_dir=snakemake.params.output_dir,
+    confusion_png=snakemake.output.confusion,
+    dsc_png=snakemake.output.dsc,
+    test_prediction_dir=snakemake.input.get("test_predictions"),
+    test_labels_dir=snakemake.input.get("test_labels"),
+)

@@ -1,6 +1,6 @@
 from pancreas_mtl.logs import log_to_file
 
-# nnU-Net starts worker processes with "spawn", which re-imports this module
+# worker processes started with "spawn" re-import this module
 if __name__ == "__main__":
     log_to_file(snakemake.log[0])
 

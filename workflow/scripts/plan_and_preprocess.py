@@ -1,4 +1,5 @@
-from pancreas_mtl.logs import log_to_file, set_nnunet_paths
+from pancreas_mtl.logs import log_to_file
+from pancreas_mtl.nnunet_env import set_nnunet_paths
 
 # nnU-Net starts worker processes with "spawn", which re-imports this module
 if __name__ == "__main__":

@@ -1,13 +1,11 @@
 from pancreas_mtl.logs import log_to_file
 
-# nnU-Net starts worker processes with "spawn", which re-imports this module
-if __name__ == "__main__":
-    log_to_file(snakemake.log[0])
+log_to_file(snakemake.log[0])
 
-    from pancreas_mtl.evaluation.validation import plot_training
+from pancreas_mtl.evaluation.validation import plot_training
 
-    plot_training(
-        dict(zip(snakemake.params.folds, snakemake.input.monitors)),
-        snakemake.output.curves,
-        snakemake.output.counts,
-    )
+plot_training(
+    dict(zip(snakemake.params.folds, snakemake.input.monitors)),
+    snakemake.output.curves,
+    snakemake.output.counts,
+)
