@@ -44,16 +44,29 @@ def monitor_paths(tmp_path):
     return paths
 
 
+def cell_texts(ax) -> list[str]:
+    return [t.get_text() for t in ax.texts]
+
+
 def test_plot_confusion_matrix(tmp_path):
     path = tmp_path / "confusion.png"
-    plot_confusion_matrix([[3, 1, 0], [0, 2, 0], [1, 0, 0]], path)
+    fig = plot_confusion_matrix([[3, 1, 0], [0, 2, 0], [1, 0, 0]], path)
     assert_drawn_png(path)
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.images[0].get_array(), [[0.75, 0.25, 0], [0, 1, 0], [1, 0, 0]])
+    assert cell_texts(ax) == ["3", "1", "0", "0", "2", "0", "1", "0", "0"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["subtype 0\n(n=4)", "subtype 1\n(n=2)",
+                                                            "subtype 2\n(n=1)"]
 
 
-def test_plot_confusion_matrix_with_an_empty_true_class(tmp_path):
+def test_plot_confusion_matrix_with_an_empty_true_class_and_four_subtypes(tmp_path):
     path = tmp_path / "confusion.png"
-    plot_confusion_matrix([[2, 0, 0], [0, 0, 0], [1, 0, 1]], path)
+    fig = plot_confusion_matrix([[2, 0, 0, 0], [0, 0, 0, 0], [1, 0, 1, 0], [0, 0, 0, 3]], path)
     assert_drawn_png(path)
+    fractions = fig.axes[0].images[0].get_array()
+    assert fractions.shape == (4, 4)
+    np.testing.assert_allclose(fractions[1], 0)  # no case of subtype 1: a row of zeros, not NaN
+    np.testing.assert_allclose(fractions[2], [0.5, 0, 0.5, 0])
 
 
 def test_plot_dsc_distributions(tmp_path):
@@ -68,20 +81,37 @@ def test_plot_dsc_distributions(tmp_path):
         }
     ).to_csv(csv_path, index=False)
     path = tmp_path / "dsc.png"
-    plot_dsc_distributions(csv_path, path)
+    fig = plot_dsc_distributions(csv_path, path)
     assert_drawn_png(path)
+    for ax, column in zip(fig.axes, ("whole_pancreas_dsc", "lesion_dsc")):
+        drawn = sorted(y for c in ax.collections for _, y in c.get_offsets())
+        assert drawn == sorted(pd.read_csv(csv_path)[column])
+    # wrongly classified cases (b and e) are drawn in the second colour
+    wrong = [c for c in fig.axes[1].collections if c.get_label() == "subtype wrong"]
+    assert sorted(y for c in fig.axes[1].collections[1::2] for _, y in c.get_offsets()) == [0.0, 0.5]
+    assert wrong
 
 
 def test_plot_training_curves(tmp_path, monitor_paths):
     path = tmp_path / "curves.png"
-    plot_training_curves(monitor_paths, path)
+    fig = plot_training_curves(monitor_paths, path)
     assert_drawn_png(path)
+    lines = {line.get_label(): line for line in fig.axes[0].lines}
+    assert list(lines["macro-F1, fold 0"].get_xdata()) == [0, 1, 2]
+    assert list(lines["macro-F1, fold 0"].get_ydata()) == [0.17, 0.17, 0.5]
+    # a fold whose rows lack a value joins the epochs that have it
+    assert list(lines["whole DSC, fold 1"].get_xdata()) == [0]
+    loss = {line.get_label(): line for line in fig.axes[1].lines}
+    assert list(loss["fold 0"].get_ydata()) == [1.1] and list(loss["fold 1"].get_ydata()) == [1.2, 0.9]
 
 
 def test_plot_prediction_counts(tmp_path, monitor_paths):
     path = tmp_path / "counts.png"
-    plot_prediction_counts(monitor_paths, path)
+    fig = plot_prediction_counts(monitor_paths, path)
     assert_drawn_png(path)
+    assert len(fig.axes) == 2
+    fold0 = {line.get_label(): list(line.get_ydata()) for line in fig.axes[0].lines}
+    assert fold0 == {"subtype 0": [3, 1], "subtype 1": [0, 1], "subtype 2": [0, 1]}
 
 
 def test_plot_prediction_counts_single_fold(tmp_path, monitor_paths):

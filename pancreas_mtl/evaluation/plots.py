@@ -1,7 +1,8 @@
 """Report figures: confusion matrix, DSC distributions, training curves, prediction counts, speed.
 
 Figures are built with `matplotlib.figure.Figure` and rendered by Agg, so no pyplot state or display
-is involved and nothing stays open after a function returns.
+is involved and nothing stays open after a function returns. Each function returns its figure, so
+tests can check the data drawn, not only that a PNG exists.
 """
 
 from __future__ import annotations
@@ -20,16 +21,17 @@ LINE_STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v")
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> None:
+def _save(fig: Figure, path: str | os.PathLike) -> Figure:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, format="png")
+    return fig
 
 
 def plot_confusion_matrix(
     confusion: Sequence[Sequence[int]],
     path: str | os.PathLike,
     labels: Sequence[str] | None = None,
-) -> None:
+) -> Figure:
     """Counts in each cell; colour is the fraction of the true class's row (recall on the diagonal)."""
     counts = np.asarray(confusion, dtype=int)
     if labels is None:
@@ -47,10 +49,10 @@ def plot_confusion_matrix(
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.colorbar(image, ax=ax, label="fraction of true class")
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def plot_dsc_distributions(per_case_csv: str | os.PathLike, path: str | os.PathLike) -> None:
+def plot_dsc_distributions(per_case_csv: str | os.PathLike, path: str | os.PathLike) -> Figure:
     """Whole-pancreas and lesion DSC per case, box and jittered points, grouped by true subtype."""
     import pandas as pd
 
@@ -77,7 +79,7 @@ def plot_dsc_distributions(per_case_csv: str | os.PathLike, path: str | os.PathL
         ax.set_ylim(-0.02, 1.02)
     axes[0].set_ylabel("DSC")
     axes[0].legend(loc="lower left", fontsize=8)
-    _save(fig, path)
+    return _save(fig, path)
 
 
 def _read_monitors(monitor_json_paths: Mapping) -> dict:
@@ -90,7 +92,7 @@ def _series(rows: list[dict], key: str) -> tuple[list, list]:
     return [e for e, _ in present], [v for _, v in present]
 
 
-def plot_training_curves(monitor_json_paths: Mapping, path: str | os.PathLike) -> None:
+def plot_training_curves(monitor_json_paths: Mapping, path: str | os.PathLike) -> Figure:
     """Validation whole/lesion DSC and macro-F1 per epoch above the train classification loss.
 
     `monitor_json_paths` maps fold -> classification_monitor.json; each fold has its own line style.
@@ -115,10 +117,10 @@ def plot_training_curves(monitor_json_paths: Mapping, path: str | os.PathLike) -
     loss_ax.set_xlabel("epoch")
     loss_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_ax.legend(loc="upper right", fontsize=7)
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def plot_prediction_counts(monitor_json_paths: Mapping, path: str | os.PathLike) -> None:
+def plot_prediction_counts(monitor_json_paths: Mapping, path: str | os.PathLike) -> Figure:
     """Validation predictions per subtype per epoch, one panel per fold; a collapsed head shows one line
     at the number of validation cases and the others at zero."""
     monitors = _read_monitors(monitor_json_paths)
@@ -141,10 +143,10 @@ def plot_prediction_counts(monitor_json_paths: Mapping, path: str | os.PathLike)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1].set_xlabel("epoch")
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def plot_inference_speed(benchmark_json: str | os.PathLike, path: str | os.PathLike) -> None:
+def plot_inference_speed(benchmark_json: str | os.PathLike, path: str | os.PathLike) -> Figure:
     """Seconds per arm (stock segmentation, stock plus a classification pass, multi-task) with speedups."""
     benchmark = json.loads(Path(benchmark_json).read_text())
     arms = (("stock_seconds", "stock nnU-Net\n(segmentation only)"),
@@ -164,4 +166,4 @@ def plot_inference_speed(benchmark_json: str | os.PathLike, path: str | os.PathL
     ax.set_title("multi-task speedup: " + ", ".join(speedups) if speedups else "inference time", fontsize=10)
     if context:
         ax.text(0.99, 0.98, context, transform=ax.transAxes, ha="right", va="top", fontsize=8)
-    _save(fig, path)
+    return _save(fig, path)
