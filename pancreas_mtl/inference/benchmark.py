@@ -232,6 +232,7 @@ def time_warm_cases(
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
+    images = list(images)
     for folder in output_folders.values():
         if folder is not None:
             Path(folder).mkdir(parents=True, exist_ok=True)
@@ -240,7 +241,7 @@ def time_warm_cases(
         folder = output_folders[arm]
         return None if folder is None else os.fspath(Path(folder) / case_id)
 
-    for case_id, image in list(images)[:warmup_cases]:
+    for case_id, image in images[:warmup_cases]:
         for arm, predict in predict_case.items():
             predict(Path(image), output(arm, case_id))
     seconds = {arm: {case_id: [] for case_id, _ in images} for arm in predict_case}
