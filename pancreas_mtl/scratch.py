@@ -1,0 +1,101 @@
+"""Node-local copy of the preprocessed dataset for a training job (config key node_local_scratch).
+
+Training reads every preprocessed case many times over days; on a cluster that data sits on a
+shared file system. Staging it to the node's own disk (`$TMPDIR` on most Slurm clusters) for the
+job, as khanlab's nnU-Net training workflows do, takes that load off the shared file system. The
+copy is removed when the job ends, also when Slurm ends it at the walltime.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Iterator, MutableMapping
+
+logger = logging.getLogger(__name__)
+
+STAGE_PREFIX = "pancreas-mtl-preprocessed-"
+
+
+def scratch_root(setting: bool | str, environ: MutableMapping[str, str] = os.environ) -> Path | None:
+    """Folder to stage under, from the config value.
+
+    false: none (read the preprocessed data where it is); true: $TMPDIR, else the system
+    temporary folder; a string: that folder, with environment variables and ~ expanded.
+    """
+    if setting is False or setting == "":
+        return None
+    if setting is True:
+        return Path(environ.get("TMPDIR") or tempfile.gettempdir())
+    expanded = os.path.expanduser(os.path.expandvars(str(setting)))
+    if "$" in expanded:
+        raise ValueError(f"config key node_local_scratch: {setting!r} names an unset environment variable")
+    return Path(expanded)
+
+
+def folder_size_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+
+
+@contextmanager
+def staged_preprocessed(
+    dataset_folder: str | os.PathLike,
+    setting: bool | str,
+    environ: MutableMapping[str, str] = os.environ,
+) -> Iterator[Path | None]:
+    """Copy `dataset_folder` (<nnUNet_preprocessed>/DatasetXXX_Name) under scratch and point
+    nnUNet_preprocessed at the copy until the block ends; then restore it and remove the copy.
+
+    Yields the staged nnUNet_preprocessed root, or None when `setting` turns staging off.
+    nnU-Net reads nnUNet_preprocessed when nnunetv2 is first imported: enter this before that.
+    """
+    root = scratch_root(setting, environ)
+    if root is None:
+        yield None
+        return
+    source = Path(dataset_folder)
+    root.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=root))
+    previous = environ.get("nnUNet_preprocessed")
+    try:
+        started = time.monotonic()
+        shutil.copytree(source, stage / source.name, symlinks=True)
+        logger.info(
+            "staged %s (%.0f MB) to %s in %.1f s",
+            source, folder_size_mb(stage), stage, time.monotonic() - started,
+        )  # fmt: skip
+        environ["nnUNet_preprocessed"] = str(stage)
+        yield stage
+    finally:
+        if previous is None:
+            environ.pop("nnUNet_preprocessed", None)
+        else:
+            environ["nnUNet_preprocessed"] = previous
+        shutil.rmtree(stage, ignore_errors=True)
+        logger.info("removed %s", stage)
+
+
+def _exit_on_sigterm(signum, frame):
+    # SystemExit unwinds the stack, so exit handlers run and remove the staged copy
+    sys.exit(128 + signum)
+
+
+def stage_preprocessed_for_job(dataset_folder: str | os.PathLike, setting: bool | str) -> Path | None:
+    """`staged_preprocessed` for the rest of this process: the copy is removed when the process
+    exits, also on SIGTERM (what Slurm sends at the walltime or on scancel)."""
+    stack = ExitStack()
+    staged = stack.enter_context(staged_preprocessed(dataset_folder, setting))
+    if staged is None:
+        return None
+    atexit.register(stack.close)
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    return staged
