@@ -443,3 +443,19 @@ def test_pip_part_of_env_resolves(env, tmp_path):
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert run.returncode == 0, f"{env.name}: pip cannot resolve {pip}:\n{run.stderr[-3000:]}"
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "workflow" / "scripts").glob("*.py")), ids=lambda p: p.name)
+def test_script_finds_the_package_from_the_workflow_folder(script, tmp_path):
+    """Nothing installs this package into a rule's env: a script puts the workflow's folder first
+    on sys.path before it imports the package, also when run from a copy elsewhere."""
+    source = script.read_text()
+    head = source.split(f"from {PACKAGE}")[0]
+    assert "sys.path.insert(0, str(Path(__file__).resolve().parents[2]))" in head
+    run = subprocess.run(
+        [sys.executable, "-S", "-E", "-c",  # no site-packages, no PYTHONPATH
+         f"__file__ = {str(script)!r}\nexec({head!r})\nimport {PACKAGE}\nprint({PACKAGE}.__file__)"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert Path(run.stdout.strip()) == ROOT / PACKAGE / "__init__.py"
