@@ -87,6 +87,25 @@ def test_env_versions_match_pyproject(env):
         assert spec == ranges[key], f"{env.name}: {written!r} differs from pyproject.toml ({ranges[key]})"
 
 
+def test_pyproject_depends_on_what_report_and_nnunet_need():
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        deps = {canonicalize_name(r.name): r for r in map(Requirement, tomllib.load(f)["project"]["dependencies"])}
+    assert "reports" in deps["snakemake"].extras  # pygments, for snakemake --report
+    assert not deps["torch"].specifier.contains("2.9.1")  # nnunetv2 excludes torch 2.9.*
+
+
+def test_gpu_env_asks_for_a_cuda_build_within_a_driver_range():
+    """conda-forge gives CPU-only PyTorch unless asked for pytorch-gpu; cuda-version bounds the
+    CUDA of the build so that none newer than the nodes' driver runs is picked."""
+    names = {
+        str(e).split()[0]: str(e) for e in yaml.safe_load((ROOT / "envs" / "nnunet.yaml").read_text())["dependencies"]
+    }
+    assert "pytorch-gpu" in names and "pytorch" not in names and "pytorch-cpu" not in names
+    assert re.fullmatch(r"cuda-version >=\d+(\.\d+)?,<\d+(\.\d+)?", names["cuda-version"])
+    tools = {str(e).split()[0] for e in yaml.safe_load((ROOT / "envs" / "tools.yaml").read_text())["dependencies"]}
+    assert not {"pytorch", "pytorch-gpu", "cuda-version"} & tools
+
+
 def env_constants() -> dict[str, str]:
     text = (ROOT / "workflow" / "rules" / "common.smk").read_text()
     return dict(re.findall(r'^(ENV_\w+)\s*=\s*"([^"]+)"', text, flags=re.M))
