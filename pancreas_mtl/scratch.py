@@ -29,16 +29,20 @@ def scratch_root(setting: bool | str, environ: MutableMapping[str, str] = os.env
     """Folder to stage under, from the config value.
 
     false: none (read the preprocessed data where it is); true: $TMPDIR, else the system
-    temporary folder; a string: that folder, with environment variables and ~ expanded.
+    temporary folder; a string: that folder, with environment variables and ~ expanded ("true"
+    and "false", as the command line's --config gives them, count as the booleans).
     """
-    if setting is False or setting == "":
+    if isinstance(setting, str) and setting.strip().lower() in ("true", "false", ""):
+        # `--config node_local_scratch=true` reaches the config as the string "true"
+        setting = setting.strip().lower() == "true"
+    if setting is False:
         return None
     if setting is True:
         return Path(environ.get("TMPDIR") or tempfile.gettempdir())
     expanded = os.path.expanduser(os.path.expandvars(str(setting)))
     if "$" in expanded:
         raise ValueError(f"config key node_local_scratch: {setting!r} names an unset environment variable")
-    return Path(expanded)
+    return Path(expanded).absolute()
 
 
 def folder_size_mb(folder: Path) -> float:

@@ -29,6 +29,9 @@ def test_scratch_root_from_setting(tmp_path):
     assert scratch_root(False, {}) is None
     assert scratch_root(True, {"TMPDIR": "/node/tmp"}) == Path("/node/tmp")
     assert scratch_root(True, {}) is not None
+    # --config node_local_scratch=true gives the string "true"
+    assert scratch_root("true", {"TMPDIR": "/node/tmp"}) == Path("/node/tmp")
+    assert scratch_root("False", {"TMPDIR": "/node/tmp"}) is None
     os.environ["PANCREAS_TEST_SCRATCH"] = str(tmp_path)
     try:
         assert scratch_root("$PANCREAS_TEST_SCRATCH/stage", {}) == tmp_path / "stage"

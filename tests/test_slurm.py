@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from pancreas_mtl.job_resources import training_cpus, training_mem_mb
+from pancreas_mtl.scratch import STAGE_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_PROFILE = REPO / "profiles" / "slurm"
@@ -300,7 +301,8 @@ def test_pipeline_runs_through_a_site_profile(tmp_path, slurm_cluster):
     # Training read a staged copy of the preprocessed data and left nothing behind.
     train_log = (results / "logs" / "train_fold" / "fold_0.log").read_text()
     assert f"staged {results}/nnUNet_preprocessed/" in train_log
-    assert list(scratch.iterdir()) == []
+    assert f" to {scratch}/{STAGE_PREFIX}" in train_log
+    assert not list(scratch.glob(f"{STAGE_PREFIX}*"))
 
     summary = (results / "metrics" / "summary.json").read_text()
     assert '"macro_f1"' in summary
