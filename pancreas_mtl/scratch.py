@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from contextlib import ExitStack, contextmanager
@@ -87,19 +86,22 @@ def staged_preprocessed(
         logger.info("removed %s", stage)
 
 
-def _exit_on_sigterm(signum, frame):
-    # SystemExit unwinds the stack, so exit handlers run and remove the staged copy
-    sys.exit(128 + signum)
-
-
 def stage_preprocessed_for_job(dataset_folder: str | os.PathLike, setting: bool | str) -> Path | None:
     """`staged_preprocessed` for the rest of this process: the copy is removed when the process
-    exits, also on SIGTERM (what Slurm sends at the walltime or on scancel)."""
+    exits, and on SIGTERM (what Slurm sends at the walltime or on scancel) at once, before the
+    process ends: Slurm's SIGKILL follows within seconds, while an unwinding training can wait
+    on its augmentation workers for longer."""
     stack = ExitStack()
     staged = stack.enter_context(staged_preprocessed(dataset_folder, setting))
     if staged is None:
         return None
     atexit.register(stack.close)
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+        def remove_then_terminate(signum, frame):
+            stack.close()
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+        signal.signal(signal.SIGTERM, remove_then_terminate)
     return staged
