@@ -1,4 +1,6 @@
-"""Snakemake through profiles/slurm, on the one-node cluster that .ci/slurm/start.sh starts.
+"""Snakemake on Slurm, on the one-node cluster that .ci/slurm/start.sh starts: through
+profiles/slurm, and through a site profile of the kind a user writes (executor, account,
+partition, job limit), which the workflow's own resources compose with.
 
 Tests marked ``slurm`` skip when no Slurm client is installed or no node answers. On another
 cluster, set SLURM_ACCOUNT and SLURM_PARTITION (a partition with GPUs) before running them.
@@ -13,6 +15,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
+
+from pancreas_mtl.job_resources import training_cpus, training_mem_mb
+from pancreas_mtl.scratch import STAGE_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_PROFILE = REPO / "profiles" / "slurm"
@@ -57,8 +63,9 @@ def run_snakemake_slurm(
     *,
     timeout: int = 600,
     env: dict | None = None,
+    profile: Path = SLURM_PROFILE,
 ) -> subprocess.CompletedProcess:
-    """Run Snakemake in ``workdir`` through profiles/slurm and return the finished process.
+    """Run Snakemake in ``workdir`` through ``profile`` and return the finished process.
 
     ``timeout -k`` bounds the run: when a job vanishes from sacct/squeue the plugin polls
     forever and ignores SIGTERM. The account and partition default to the CI cluster's;
@@ -70,7 +77,7 @@ def run_snakemake_slurm(
     cmd = [
         "timeout", "-k", "10", str(timeout),
         sys.executable, "-m", "snakemake",
-        "--profile", str(SLURM_PROFILE),
+        "--profile", str(profile),
         # The plugin otherwise waits 40 s before its first status check.
         "--slurm-init-seconds-before-status-checks", "5",
         *targets,
@@ -113,9 +120,22 @@ def test_profile_runs_cpu_and_gpu_jobs_on_slurm(tmp_path, slurm_cluster):
     write_snakefile(
         tmp_path,
         """
+        localrules:
+            summarize,
+
+
         rule all:
             input:
+                "summary.txt",
+
+
+        rule summarize:
+            input:
                 "trained.txt",
+            output:
+                "summary.txt",
+            shell:
+                "echo job=${{SLURM_JOB_ID:-none}} > {output}"
 
 
         rule prepare:
@@ -133,8 +153,11 @@ def test_profile_runs_cpu_and_gpu_jobs_on_slurm(tmp_path, slurm_cluster):
                 "prepared.txt",
             output:
                 "trained.txt",
+            threads: 3
             resources:
                 gpu=1,
+                cpus_per_gpu=3,
+                mem_mb=3000,
             shell:
                 "echo job=$SLURM_JOB_ID cuda=${{CUDA_VISIBLE_DEVICES:-none}} > {output}"
         """,
@@ -143,7 +166,8 @@ def test_profile_runs_cpu_and_gpu_jobs_on_slurm(tmp_path, slurm_cluster):
     assert run.returncode == 0, run.stdout + run.stderr
 
     jobs = slurm_job_ids(run.stdout + run.stderr)
-    assert set(jobs) == {"prepare", "train_fold"}
+    assert set(jobs) == {"prepare", "train_fold"}  # the localrule ran without a Slurm job
+    assert (tmp_path / "summary.txt").read_text() == "job=none\n"
     (train_id,) = jobs["train_fold"]
     (prepare_id,) = jobs["prepare"]
 
@@ -155,11 +179,11 @@ def test_profile_runs_cpu_and_gpu_jobs_on_slurm(tmp_path, slurm_cluster):
     assert trained["job"] == train_id
     assert trained["cuda"] != "none"
 
-    # The profile's set-resources for `train_fold` reached sbatch; `prepare` got no GPU.
+    # The rule's own resources reached sbatch through the profile; `prepare` got no GPU.
     train_tres = allocated_tres(train_id)
     assert train_tres["gres/gpu"] == "1"
-    assert train_tres["cpu"] == "4"
-    assert train_tres["mem"] == "32000M"
+    assert train_tres["cpu"] == "3"
+    assert train_tres["mem"] == "3000M"
     prepare_tres = allocated_tres(prepare_id)
     assert "gres/gpu" not in prepare_tres
     assert prepare_tres["mem"] == "500M"
@@ -220,24 +244,65 @@ def test_slurm_profile_takes_account_and_partitions_from_environment(tmp_path):
     ) == {"prepare": ["lab", "cpu"], "train_fold": ["lab", "gpu-a100"]}
 
 
+LIGHT_RULES = {"write_splits", "evaluate_validation", "plot_training", "baseline_classifier"}
+
+
+def write_site_profile(folder: Path) -> Path:
+    """A user's own site profile: executor, account, partition, job limit, nothing else."""
+    folder.mkdir(parents=True, exist_ok=True)
+    site = {
+        "executor": "slurm",
+        "jobs": 4,
+        "default-resources": {"slurm_account": CI_ACCOUNT, "slurm_partition": CI_PARTITION},
+    }
+    (folder / "config.yaml").write_text(yaml.safe_dump(site))
+    return folder
+
+
 @pytest.mark.slurm
 @pytest.mark.workflow
-def test_pipeline_runs_through_the_slurm_profile(tmp_path, slurm_cluster):
+def test_pipeline_runs_through_a_site_profile(tmp_path, slurm_cluster):
     results = tmp_path / "results"
+    scratch = tmp_path / "node-tmp"
+    scratch.mkdir()
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config.update(yaml.safe_load((REPO / "tests" / "data" / "tiny.yaml").read_text()))
     run = run_snakemake_slurm(
         REPO,
         ["all"],
         ["--configfile", str(REPO / "tests" / "data" / "tiny.yaml"),
-         "--config", f"results_dir={results}"],
+         "--config", f"results_dir={results}", "node_local_scratch=true"],
         timeout=2400,
+        # Slurm passes the submitting environment on: the jobs' $TMPDIR is the node's scratch
+        env={**os.environ, "TMPDIR": str(scratch)},
+        profile=write_site_profile(tmp_path / "site"),
     )  # fmt: skip
-    assert run.returncode == 0, (run.stdout + run.stderr)[-6000:]
-    jobs = slurm_job_ids(run.stdout + run.stderr)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-6000:]
+    jobs = slurm_job_ids(output)
     assert {"ingest_cohort", "plan_and_preprocess", "train_fold", "predict_split"} <= set(jobs)
+
+    # Training got a GPU and the CPUs and memory the workflow derives from its augmentation workers.
+    workers = config["train"]["data_augmentation_workers"]
     (train_id,) = jobs["train_fold"]
-    assert allocated_tres(train_id)["gres/gpu"] == "1"
+    train_tres = allocated_tres(train_id)
+    assert train_tres["gres/gpu"] == "1"
+    assert train_tres["cpu"] == str(training_cpus(workers, config["threads"]))
+    assert train_tres["mem"] == f"{training_mem_mb(workers)}M"
     for predict_id in jobs["predict_split"]:
         assert allocated_tres(predict_id)["gres/gpu"] == "1"
     assert "gres/gpu" not in allocated_tres(jobs["ingest_cohort"][0])
+
+    # Light rules ran in the Snakemake process, without a Slurm job.
+    assert not LIGHT_RULES & set(jobs)
+    for rule in LIGHT_RULES:
+        assert f"localrule {rule}:" in output, rule
+
+    # Training read a staged copy of the preprocessed data and left nothing behind.
+    train_log = (results / "logs" / "train_fold" / "fold_0.log").read_text()
+    assert f"staged {results}/nnUNet_preprocessed/" in train_log
+    assert f" to {scratch}/{STAGE_PREFIX}" in train_log
+    assert not list(scratch.glob(f"{STAGE_PREFIX}*"))
+
     summary = (results / "metrics" / "summary.json").read_text()
     assert '"macro_f1"' in summary

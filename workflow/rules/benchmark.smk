@@ -19,6 +19,7 @@ rule benchmark_inference:
     threads: config["threads"]
     resources:
         gpu=1,
+        cpus_per_gpu=config["threads"],
         mem_mb=16000,
         runtime=240,
     params:

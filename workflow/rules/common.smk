@@ -2,6 +2,8 @@ import os
 
 from snakemake.utils import validate
 
+from pancreas_mtl.job_resources import training_cpus, training_mem_mb
+
 from pancreas_mtl.nnunet_env import (
     dataset_name,
     model_folder_name,
@@ -37,6 +39,20 @@ FOLDS = config["train"]["folds"]
 NNUNET_PATHS = {"raw": RAW_ROOT, "preprocessed": PRE_ROOT, "results": MODEL_ROOT}
 ENV_NNUNET = "../../envs/nnunet.yaml"
 ENV_TOOLS = "../../envs/tools.yaml"
+
+# CPUs and memory of a training job follow its augmentation workers
+TRAIN_CPUS = training_cpus(
+    config["train"]["data_augmentation_workers"], config["threads"]
+)
+TRAIN_MEM_MB = training_mem_mb(config["train"]["data_augmentation_workers"])
+
+
+# light steps run in the Snakemake process, never as a cluster job
+localrules:
+    write_splits,
+    evaluate_validation,
+    plot_training,
+    baseline_classifier,
 
 
 def cohort_files():

@@ -16,6 +16,7 @@ rule predict_split:
     threads: config["threads"]
     resources:
         gpu=1,
+        cpus_per_gpu=config["threads"],
         mem_mb=16000,
         runtime=240,
     params:

@@ -18,8 +18,8 @@ rule plan_and_preprocess:
         ENV_NNUNET
     threads: config["threads"]
     resources:
-        mem_mb=16000,
-        runtime=240,
+        mem_mb=32000,
+        runtime=480,
     params:
         dataset_id=config["dataset"]["id"],
         planner=config["plan"]["planner"],

@@ -17,12 +17,15 @@ rule train_fold:
         f"{RESULTS}/logs/train_fold/fold_{{fold}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train_fold/fold_{{fold}}.tsv"
+    retries: 2
     conda:
         ENV_NNUNET
-    threads: config["threads"]
+    threads: TRAIN_CPUS
     resources:
         gpu=1,
-        mem_mb=16000,
+        cpus_per_gpu=TRAIN_CPUS,
+        mem_mb=TRAIN_MEM_MB,
+        # minutes per job; a training cut off at this limit resumes from its latest checkpoint
         runtime=1440,
     params:
         dataset_id=config["dataset"]["id"],

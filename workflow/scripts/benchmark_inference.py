@@ -1,4 +1,8 @@
+import sys
 from pathlib import Path
+
+# this workflow's own package, found from the script's folder (nothing installs it into a conda env)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pancreas_mtl.logs import log_to_file
 from pancreas_mtl.nnunet_env import set_nnunet_paths
@@ -7,6 +11,10 @@ from pancreas_mtl.nnunet_env import set_nnunet_paths
 if __name__ == "__main__":
     log_to_file(snakemake.log[0])
     set_nnunet_paths(**snakemake.params.nnunet_paths)
+
+    from pancreas_mtl.gpu_slots import prepare_gpu_job
+
+    prepare_gpu_job(snakemake.config["train"]["device"])
 
     from pancreas_mtl.inference.benchmark import benchmark_inference
     from pancreas_mtl.inference.predictor import split_images

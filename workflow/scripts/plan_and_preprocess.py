@@ -1,3 +1,9 @@
+import sys
+from pathlib import Path
+
+# this workflow's own package, found from the script's folder (nothing installs it into a conda env)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from pancreas_mtl.logs import log_to_file
 from pancreas_mtl.nnunet_env import set_nnunet_paths
 
