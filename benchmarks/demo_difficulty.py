@@ -87,7 +87,8 @@ def radiomics_features(image, labels, zooms) -> dict:
     # The duct: the widest fluid-dark tube in the gland away from the lesion (dilated upstream of PDAC).
     smoothed = ndimage.gaussian_filter(image, [0.6 / z for z in zooms])
     away = ndimage.distance_transform_edt(~lesion, sampling=zooms) > 3.0
-    dark = parenchyma & away & (smoothed < (parenchyma_hu + 10.0) / 2)
+    deep = ndimage.distance_transform_edt(labels > 0, sampling=zooms) > 1.5  # off the fat border
+    dark = parenchyma & away & deep & (smoothed < (parenchyma_hu + 10.0) / 2)
     features["duct_diameter_mm"] = 2.0 * float(ndimage.distance_transform_edt(dark, sampling=zooms).max())
     features["duct_volume_ml"] = dark.sum() * math.prod(zooms) / 1000.0
     features["parenchyma_volume_ml"] = parenchyma.sum() * math.prod(zooms) / 1000.0

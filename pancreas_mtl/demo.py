@@ -832,9 +832,9 @@ def draw_hard_appearance(rng, subtype) -> HardAppearance:
     if subtype == 0:
         # Desmoplastic, hypo-enhancing to a varying degree (some iso-attenuating), infiltrative;
         # usually obstructs the duct.
-        dilated, atrophic, necrotic, isoattenuating = rng.random(4) < (0.8, 0.7, 0.15, 0.15)
+        dilated, atrophic, necrotic, isoattenuating = rng.random(4) < (0.8, 0.7, 0.15, 0.2)
         return HardAppearance(
-            enhancement_ratio=uniform(0.85, 1.0) if isoattenuating else uniform(0.1, 0.8),
+            enhancement_ratio=uniform(0.8, 1.0) if isoattenuating else uniform(0.1, 0.8),
             fluid_hu=uniform(10.0, 30.0),
             heterogeneity_hu=uniform(3.0, 8.0),
             aspect_log=0.35,
@@ -865,7 +865,7 @@ def draw_hard_appearance(rng, subtype) -> HardAppearance:
     if subtype == 2:
         # Well-defined and round; hyper-, iso-enhancing or with a necrotic (cystic) core; a normal duct.
         kind = rng.choice(3, p=(0.35, 0.4, 0.25))
-        ratio = uniform(*((1.1, 1.6), (0.8, 1.1), (1.0, 1.5))[kind])
+        ratio = uniform(*((1.05, 1.5), (0.8, 1.05), (1.0, 1.5))[kind])
         has_rim, calcified = rng.random(2) < (0.35, 0.15)
         return HardAppearance(
             enhancement_ratio=ratio,
