@@ -126,4 +126,11 @@ def test_heldout_like_benchmark_config_overlays_the_default():
     config["results_dir"] = overlay["results_dir"]
     config["demo"].update(overlay["demo"])
     validate(config, SCHEMA)
-    assert config["demo"] == {"n_train": 60, "n_validation": 24, "n_test": 24, "seed": 7}
+    assert config["demo"] == {
+        "n_train": 60,
+        "n_validation": 24,
+        "n_test": 24,
+        "seed": 7,
+        "n_subtypes": 3,
+        "difficulty": "quick",
+    }

@@ -1,6 +1,7 @@
 rule make_demo_cohort:
     output:
-        directory(f"{RESULTS}/demo/cohort"),
+        cohort=directory(f"{RESULTS}/demo/cohort"),
+        test_labels=directory(f"{RESULTS}/demo/test_labels"),
     log:
         f"{RESULTS}/logs/make_demo_cohort/make_demo_cohort.log",
     conda:

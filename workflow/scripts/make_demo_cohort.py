@@ -13,10 +13,13 @@ if __name__ == "__main__":
     from pancreas_mtl.demo import make_demo_cohort
 
     make_demo_cohort(
-        snakemake.output[0],
+        snakemake.output.cohort,
         n_train=snakemake.params.n_train,
         n_validation=snakemake.params.n_validation,
         n_test=snakemake.params.n_test,
         seed=snakemake.params.seed,
         workers=snakemake.threads,
+        n_subtypes=snakemake.params.n_subtypes,
+        difficulty=snakemake.params.difficulty,
+        test_labels_dir=snakemake.output.test_labels,
     )
