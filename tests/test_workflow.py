@@ -171,9 +171,18 @@ def test_metrics_and_benchmark(demo_run):
     assert summary["whole_pancreas_dsc"] > 0.3
     for png in ("confusion_matrix", "dsc_distributions", "training_curves", "prediction_counts"):
         assert (demo_run / f"metrics/{png}.png").stat().st_size > 0
+    # the demo's test labels live outside the cohort; evaluate scores the test split with them
+    test = json.loads((demo_run / "metrics/test/summary.json").read_text())
+    assert test["split"] == "test" and test["n_cases"] == 3 and test["n_cases_with_subtype"] == 3
+    assert summary["test"]["macro_f1"] == test["macro_f1"]
+    assert 0 <= test["macro_f1"] <= 1 and test["whole_pancreas_dsc"] > 0.3
+    assert list((demo_run / "demo/cohort/test").glob("*_0000.nii.gz"))
+    assert not [p for p in (demo_run / "demo/cohort/test").iterdir() if not p.name.endswith("_0000.nii.gz")
+                and p.name.endswith(".nii.gz")]
     speed = json.loads((demo_run / "benchmark/inference_speed.json").read_text())
     for key in ("cases", "device", "stock_seconds", "two_pass_seconds", "multitask_seconds",
-                "speedup_vs_stock", "speedup_vs_two_pass", "mask_dice_vs_stock"):
+                "speedup_vs_stock", "speedup_vs_two_pass", "mask_dice_vs_stock",
+                "stock_inprocess_seconds", "speedup_vs_stock_inprocess"):
         assert key in speed
     assert speed["mask_dice_vs_stock"] >= 0.99
 

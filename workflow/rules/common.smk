@@ -3,7 +3,6 @@ import os
 from snakemake.utils import validate
 
 from pancreas_mtl.job_resources import training_cpus, training_mem_mb
-
 from pancreas_mtl.nnunet_env import (
     dataset_name,
     model_folder_name,
@@ -18,9 +17,10 @@ DEMO = config["data_dir"] == "demo"
 DATA_DIR = f"{RESULTS}/demo/cohort" if DEMO else config["data_dir"]
 if not DEMO and not os.path.isdir(DATA_DIR):
     raise WorkflowError(f"config key data_dir: {DATA_DIR!r} is not a directory")
-# reference masks of the test split, kept outside the cohort; evaluate scores the test split with them
-TEST_LABELS = config["test_labels_dir"] or None
-if TEST_LABELS and not os.path.isdir(TEST_LABELS):
+# reference masks of the test split, kept outside the cohort; evaluate scores the test split with
+# them (the demo writes its own)
+TEST_LABELS = config["test_labels_dir"] or (f"{RESULTS}/demo/test_labels" if DEMO else None)
+if config["test_labels_dir"] and not os.path.isdir(TEST_LABELS):
     raise WorkflowError(
         f"config key test_labels_dir: {TEST_LABELS!r} is not a directory"
     )
