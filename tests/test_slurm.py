@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from snakemake.utils import update_config
 
 from pancreas_mtl.job_resources import training_cpus, training_mem_mb
 from pancreas_mtl.scratch import STAGE_PREFIX
@@ -266,7 +267,8 @@ def test_pipeline_runs_through_a_site_profile(tmp_path, slurm_cluster):
     scratch = tmp_path / "node-tmp"
     scratch.mkdir()
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config.update(yaml.safe_load((REPO / "tests" / "data" / "tiny.yaml").read_text()))
+    # Snakemake merges --configfile into the defaults key by key, not section by section
+    update_config(config, yaml.safe_load((REPO / "tests" / "data" / "tiny.yaml").read_text()))
     run = run_snakemake_slurm(
         REPO,
         ["all"],

@@ -19,7 +19,9 @@ if not DEMO and not os.path.isdir(DATA_DIR):
     raise WorkflowError(f"config key data_dir: {DATA_DIR!r} is not a directory")
 # reference masks of the test split, kept outside the cohort; evaluate scores the test split with
 # them (the demo writes its own)
-TEST_LABELS = config["test_labels_dir"] or (f"{RESULTS}/demo/test_labels" if DEMO else None)
+TEST_LABELS = config["test_labels_dir"] or (
+    f"{RESULTS}/demo/test_labels" if DEMO else None
+)
 if config["test_labels_dir"] and not os.path.isdir(TEST_LABELS):
     raise WorkflowError(
         f"config key test_labels_dir: {TEST_LABELS!r} is not a directory"
