@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -117,7 +118,7 @@ def test_settings_handed_over_reach_the_trainer_and_are_withdrawn(monkeypatch):
 def test_settings_from_config_is_a_filter_of_the_train_section():
     train = config_train("config.yaml")
     values = settings_from_config(train)
-    run_level = {"folds", "head", "device", "data_augmentation_workers"}
+    run_level = {"folds", "head", "device", "data_augmentation_workers", "torch_threads"}
     assert set(values) == set(train) - run_level
     assert all(values[k] == train[k] for k in values)
     s = TrainerSettings.from_dict(json.loads(json.dumps(values)))
@@ -238,3 +239,16 @@ def test_standardized_logistic_regression_folds_the_scaler_into_one_linear_layer
         features @ coef.T + intercept, reference.decision_function(scaler.transform(features)), atol=1e-8
     )
     assert np.isfinite(coef).all()
+
+
+@pytest.mark.parametrize(
+    "epoch, stop, due",
+    [(0, False, False), (8, False, False), (9, False, True), (19, False, True),
+     (24, False, True), (12, True, True)],
+)  # fmt: skip
+def test_progress_plots_are_drawn_every_n_epochs_and_at_the_end(epoch, stop, due):
+    trainer = SimpleNamespace(
+        current_epoch=epoch, num_epochs=25, _stop=stop,
+        settings=TrainerSettings.from_dict({"progress_png_every": 10}),
+    )  # fmt: skip
+    assert nnUNetTrainerMultiTask.progress_png_due(trainer) is due

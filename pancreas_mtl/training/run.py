@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..job_resources import training_torch_threads
 from ..nnunet_env import ensure_ext_trainer_path, resolve_device, trainer_name, trainer_settings
 from .settings import TrainerSettings, settings_from_config, train_section
 
@@ -36,7 +37,9 @@ def train_fold(
     os.environ["nnUNet_n_proc_DA"] = str(train["data_augmentation_workers"])
     torch_device = resolve_device(train["device"])
     if torch_device.type == "cpu":
-        torch.set_num_threads(max(1, threads))
+        n = training_torch_threads(train["torch_threads"], threads, train["data_augmentation_workers"])
+        torch.set_num_threads(n)
+        logger.info("training on CPU with %d PyTorch thread(s)", n)
     settings = settings_from_config(train)
     TrainerSettings.from_dict(settings)
 

@@ -51,6 +51,7 @@ class TrainerSettings:
     refit_c: float
     case_validation_every: int
     checkpoint_every: int
+    progress_png_every: int
 
     def cls_weight_at(self, epoch: int) -> float:
         """Classification loss weight: zero during warm-up, then a linear ramp to the target."""

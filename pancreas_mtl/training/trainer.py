@@ -356,9 +356,11 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
                 self.print_to_log_file(
                     f"WARNING: subtype {c} has not been predicted on the validation cases for {n} epochs"
                 )
+        draw = self.progress_png_due() or state.should_stop
         if self.local_rank == 0:
             write_monitor(self.monitor_history, self.output_folder)
-            plot_monitor(self.monitor_history, join(self.output_folder, MONITOR_PNG), self.num_subtypes)
+            if draw:
+                plot_monitor(self.monitor_history, join(self.output_folder, MONITOR_PNG), self.num_subtypes)
         if state.is_best:
             self.print_to_log_file(f"New best early-stopping score: {state.best_score:.4f}")
             self.save_checkpoint(join(self.output_folder, "checkpoint_best_score.pth"))
@@ -369,7 +371,21 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
             )
             self._stop = True
         self._epoch_cls = {}
-        super().on_epoch_end()
+        if draw:
+            super().on_epoch_end()
+        else:
+            # nnU-Net redraws progress.png every epoch; the values are logged all the same
+            self.logger.plot_progress_png = lambda output_folder: None
+            try:
+                super().on_epoch_end()
+            finally:
+                del self.logger.plot_progress_png
+
+    def progress_png_due(self) -> bool:
+        """Whether this epoch redraws the progress plots: every `progress_png_every` epochs and
+        at the last epoch (early stopping included)."""
+        epoch = self.current_epoch + 1
+        return self._stop or epoch >= self.num_epochs or epoch % self.settings.progress_png_every == 0
 
     @property
     def monitor_history(self) -> list[dict]:
