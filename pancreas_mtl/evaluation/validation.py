@@ -14,6 +14,7 @@ from .plots import (
     plot_confusion_matrix,
     plot_dsc_distributions,
     plot_prediction_counts,
+    plot_reliability,
     plot_training_curves,
 )
 
@@ -46,9 +47,11 @@ def evaluate_validation(
     test_prediction_dir: str | os.PathLike | None = None,
     test_labels_dir: str | os.PathLike | None = None,
     n_bootstrap: int = 1000,
+    reliability_png: str | os.PathLike | None = None,
 ) -> dict:
     """Validation metrics and plots in output_dir; with test labels, the test split's metrics in
-    output_dir/test and as the `test` entry of the validation summary."""
+    output_dir/test and as the `test` entry of the validation summary. The reliability diagram
+    needs the prediction table's probability columns; without them it says so."""
     num_subtypes = table_num_subtypes(subtype_table)
     summary = evaluate_split(
         prediction_dir,
@@ -59,6 +62,12 @@ def evaluate_validation(
     )
     plot_confusion_matrix(summary["confusion_matrix"], confusion_png)
     plot_dsc_distributions(Path(output_dir) / "per_case.csv", dsc_png)
+    if reliability_png is not None:
+        if "calibration_bins" not in summary:
+            raise ValueError(f"{Path(prediction_dir) / 'subtype_results.csv'} has no probability columns "
+                             f"prob_subtype0..{num_subtypes - 1}: no reliability diagram")
+        plot_reliability(summary["calibration_bins"], reliability_png, summary["brier_score"], summary["ece"])
+        logger.info("validation: Brier score %.4f, ECE %.4f", summary["brier_score"], summary["ece"])
     if test_labels_dir is not None:
         test = evaluate_split(
             test_prediction_dir,

@@ -25,6 +25,11 @@ rule evaluate_validation:
             caption="../report/dsc_distributions.rst",
             category="Metrics",
         ),
+        reliability=report(
+            f"{RESULTS}/metrics/reliability.png",
+            caption="../report/reliability.rst",
+            category="Metrics",
+        ),
     log:
         f"{RESULTS}/logs/evaluate_validation/evaluate_validation.log",
     conda:
