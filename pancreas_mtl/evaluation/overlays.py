@@ -160,7 +160,7 @@ def plot_case_overlay(
                if label == "prediction" or reference is not None]
     handles += [Line2D([], [], color="gray", linestyle=LESION_STYLE, label="lesion"),
                 Line2D([], [], color="gray", linestyle=PANCREAS_STYLE, label="pancreas")]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=11)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,9 @@ import logging
 import os
 from pathlib import Path
 
-from ..layout import raw_label, read_test_labels, split_cases, table_num_subtypes
+from ..layout import raw_image, raw_label, read_test_labels, split_cases, table_num_subtypes
 from .metrics import SUMMARY_JSON, evaluate_split
+from .overlays import OverlayCase, plot_overlays
 from .plots import (
     plot_confusion_matrix,
     plot_dsc_distributions,
@@ -82,6 +83,32 @@ def evaluate_validation(
         logger.info("test: whole DSC %.3f, lesion DSC %.3f, macro-F1 %s", test["whole_pancreas_dsc"],
                     test["lesion_dsc"], test.get("macro_f1"))
     return summary
+
+
+def plot_split_overlays(
+    prediction_dir: str | os.PathLike,
+    raw_dataset_dir: str | os.PathLike,
+    subtype_table: str | os.PathLike,
+    split: str,
+    output_dir: str | os.PathLike,
+    test_labels_dir: str | os.PathLike | None = None,
+) -> list[dict]:
+    """Case overlays of one split in output_dir, worst lesion Dice first: validation cases with
+    their reference masks; test cases with the prediction alone, or with the reference when a test
+    labels folder is given."""
+    if split == "validation":
+        references = validation_references(raw_dataset_dir, subtype_table)
+    elif test_labels_dir is not None:
+        references = test_references(test_labels_dir, subtype_table)
+    else:
+        references = [(c, None, None) for c, _ in split_cases(subtype_table, split)]
+    cases = [OverlayCase(c, raw_image(raw_dataset_dir, c, split), None if ref is None else Path(ref), s)
+             for c, ref, s in references]
+    rows = plot_overlays(cases, prediction_dir, output_dir)
+    flagged = [r["case_id"] for r in rows if r["misclassified"]]
+    logger.info("%s: %d overlays in %s; misclassified: %s", split, len(rows), output_dir,
+                ", ".join(flagged) or "none")
+    return rows
 
 
 def plot_training(monitors: dict, curves_png: str | os.PathLike, counts_png: str | os.PathLike) -> None:
