@@ -1,5 +1,5 @@
 """The shared file formats: cohort splits and subtype classes, the nnU-Net raw dataset, the subtype
-table and the prediction table. Bottom layer: imports nothing from this package and nothing heavy.
+table, the prediction table and the case-overlay gallery. Bottom layer: imports nothing from this package and nothing heavy.
 
 Cohort layout (the assessment's)::
 
@@ -309,3 +309,41 @@ def read_prediction_table(path: str | os.PathLike):
         raise ValueError(f"{path}: column Subtype must hold integers >= 0")
     table["Subtype"] = subtype.astype(int)
     return table.set_index("Names")
+
+
+# the case-overlay gallery: <rank>_<case>.png per case, worst lesion Dice first, and a table
+
+
+OVERLAY_GALLERY = "gallery.csv"
+OVERLAY_GALLERY_COLUMNS = ["rank", "name", "case_id", "lesion_dsc", "whole_pancreas_dsc", "subtype",
+                           "predicted_subtype", "probability", "misclassified"]
+
+
+def overlay_name(rank: int, case_id: str, num_cases: int) -> str:
+    """File stem of a case's overlay: a zero-padded rank first, so file order is gallery order."""
+    return f"{rank:0{max(3, len(str(num_cases)))}d}_{case_id}"
+
+
+def overlay_labels(folder: str | os.PathLike, name: str) -> dict[str, str]:
+    """Labels of one overlay (by file stem) for Snakemake's report, from the folder's gallery table.
+
+    The report sorts entries by their first label as text, so the zero-padded rank comes first;
+    every value is a string, as the report's sorting expects.
+    """
+    import csv
+
+    with open(Path(folder) / OVERLAY_GALLERY, newline="") as handle:
+        rows = {row["name"]: row for row in csv.DictReader(handle)}
+    if name not in rows:
+        raise ValueError(f"{Path(folder) / OVERLAY_GALLERY} has no overlay {name}")
+    row = rows[name]
+    labels = {"rank": name.split("_", 1)[0], "case": row["case_id"]}
+    if row["lesion_dsc"]:
+        labels["lesion DSC"] = f"{float(row['lesion_dsc']):.3f}"
+    if row["subtype"]:
+        verdict = "MISCLASSIFIED" if row["misclassified"] == "True" else "right"
+        labels["subtype true/predicted"] = f"{row['subtype']}/{row['predicted_subtype']} {verdict}"
+    else:
+        probability = f" (p={float(row['probability']):.2f})" if row["probability"] else ""
+        labels["predicted subtype"] = f"{row['predicted_subtype']}{probability}"
+    return labels

@@ -137,6 +137,19 @@ def test_predict_cases_writes_csv_and_masks_only_when_asked(tmp_path, write_mask
     assert table["Subtype"].tolist() == [1]
 
 
+def test_predict_cases_logs_one_line_per_case_with_an_eta(tmp_path, caplog):
+    fake = FakePredictor()
+    images = [(f"quiz_00{i}", f"quiz_00{i}_0000.nii.gz") for i in range(3)]
+    with caplog.at_level("INFO", logger=predictor.__name__):
+        predictor.predict_cases(fake, images, tmp_path / "out")
+    lines = [r.getMessage() for r in caplog.records if r.name == predictor.__name__]
+    assert len(lines) == 3
+    for i, line in enumerate(lines):
+        assert line.startswith(f"case {i + 1}/3 quiz_00{i}: subtype 1 (probabilities 0.100 0.700 0.200) | ")
+        assert " | ETA " in line
+    assert lines[-1].endswith("ETA 0s")
+
+
 def test_split_images_from_subtype_table(tmp_path):
     table = pd.DataFrame(
         [("quiz_010", "test", None), ("007", "validation", 2), ("quiz_002", "test", None),

@@ -7,10 +7,13 @@ import pytest
 
 from pancreas_mtl.evaluation.metrics import (
     bootstrap_ci,
+    brier_score,
+    calibration_bins,
     case_dice,
     classification_metrics,
     dice,
     evaluate_split,
+    expected_calibration_error,
     macro_f1,
 )
 
@@ -120,6 +123,53 @@ def test_bootstrap_ci_constant_values_collapse():
     assert bootstrap_ci(np.full(5, 0.7), np.mean, n=100) == pytest.approx((0.7, 0.7))
 
 
+def test_brier_score_known_value():
+    probabilities = [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]]
+    # (0.09 + 0.04 + 0.01) + (0.01 + 0.04 + 0.01) + (0.09 + 0.09 + 0.36), over 3 cases
+    assert brier_score([0, 1, 2], probabilities) == pytest.approx((0.14 + 0.06 + 0.54) / 3)
+
+
+def test_brier_score_agrees_with_sklearn_and_bounds():
+    from sklearn.metrics import brier_score_loss
+
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(4), size=20)
+    y_true = rng.integers(0, 4, 20)
+    expected = brier_score_loss(y_true, probabilities, labels=[0, 1, 2, 3], scale_by_half=False)
+    assert brier_score(y_true, probabilities) == pytest.approx(expected)
+    assert brier_score([0, 1], [[1.0, 0.0], [0.0, 1.0]]) == 0.0
+    assert brier_score([0, 1], [[0.0, 1.0], [1.0, 0.0]]) == 2.0
+
+
+def test_brier_score_rejects_a_class_outside_the_columns():
+    with pytest.raises(ValueError, match="outside 0..1"):
+        brier_score([0, 2], [[0.5, 0.5], [0.5, 0.5]])
+
+
+def test_calibration_bins_and_ece_known_values():
+    # confidences 0.9 (right), 0.9 (wrong), 0.6 (right), 1.0 (right)
+    probabilities = [[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.0, 1.0]]
+    y_true = [0, 1, 1, 1]
+    bins = calibration_bins(y_true, probabilities, n_bins=5)
+    assert [b["count"] for b in bins] == [0, 0, 1, 0, 3]
+    assert bins[2] == pytest.approx({"lower": 0.4, "upper": 0.6, "count": 1, "confidence": 0.6, "accuracy": 1.0})
+    assert bins[4]["confidence"] == pytest.approx((0.9 + 0.9 + 1.0) / 3)
+    assert bins[4]["accuracy"] == pytest.approx(2 / 3)
+    assert bins[0]["confidence"] is None and bins[0]["accuracy"] is None
+    # |1 - 0.6| * 1/4 + |2/3 - 2.8/3| * 3/4
+    assert expected_calibration_error(y_true, probabilities, n_bins=5) == pytest.approx(0.1 + 0.2)
+
+
+def test_ece_of_a_perfectly_calibrated_predictor_is_zero():
+    # half right at confidence 0.5, all right at confidence 1
+    probabilities = [[0.5, 0.5], [0.5, 0.5], [1.0, 0.0]]
+    assert expected_calibration_error([0, 1, 0], probabilities) == pytest.approx(0.0)
+
+
+def test_ece_without_cases_is_nan():
+    assert np.isnan(expected_calibration_error([], np.zeros((0, 3))))
+
+
 @pytest.mark.parametrize("values", [[], [0.4]])
 def test_bootstrap_ci_too_few_cases_is_nan(values):
     low, high = bootstrap_ci(np.array(values), np.mean)
@@ -180,6 +230,13 @@ def test_evaluate_split_end_to_end(tmp_path):
     for key in ("whole_pancreas_dsc", "lesion_dsc", "macro_f1"):
         low, high = summary[f"{key}_ci95"]
         assert low <= summary[key] <= high
+
+    # top-class confidences 0.8 (right), 0.7 (right), 0.5 (wrong)
+    one_hot = np.eye(3)[[0, 1, 2]]
+    probabilities = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.5, 0.4]])
+    assert summary["brier_score"] == pytest.approx(np.mean(((probabilities - one_hot) ** 2).sum(1)))
+    assert summary["ece"] == pytest.approx((0.2 + 0.3 + 0.5) / 3)
+    assert sum(b["count"] for b in summary["calibration_bins"]) == 3
 
     per_case = pd.read_csv(tmp_path / "metrics" / "per_case.csv")
     assert list(per_case.columns[:5]) == ["case_id", "subtype", "predicted_subtype", "whole_pancreas_dsc",

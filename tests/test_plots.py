@@ -10,8 +10,10 @@ from pancreas_mtl.evaluation.plots import (
     plot_dsc_distributions,
     plot_inference_speed,
     plot_prediction_counts,
+    plot_reliability,
     plot_training_curves,
 )
+from pancreas_mtl.evaluation.metrics import calibration_bins
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -137,3 +139,18 @@ def test_plot_inference_speed(tmp_path):
     path = tmp_path / "speed.png"
     plot_inference_speed(json_path, path)
     assert_drawn_png(path)
+
+
+def test_plot_reliability_draws_the_bins(tmp_path):
+    bins = calibration_bins([0, 1, 1, 1], [[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.0, 1.0]], n_bins=5)
+    path = tmp_path / "reliability.png"
+    fig = plot_reliability(bins, path, brier=0.4, ece=0.3)
+    assert_drawn_png(path)
+    ax, count_ax = fig.axes
+    # one bar per non-empty bin, at its accuracy; the points at the mean confidence
+    assert [p.get_x() for p in ax.patches] == pytest.approx([0.4, 0.8])
+    assert [p.get_height() for p in ax.patches] == pytest.approx([1.0, 2 / 3])
+    points = [line for line in ax.lines if line.get_label() == "mean confidence"][0]
+    assert list(points.get_xdata()) == pytest.approx([0.6, 2.8 / 3])
+    assert [p.get_height() for p in count_ax.patches] == [0, 0, 1, 0, 3]
+    assert ax.get_title() == "Brier 0.400, ECE 0.300"

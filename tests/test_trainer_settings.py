@@ -252,3 +252,25 @@ def test_progress_plots_are_drawn_every_n_epochs_and_at_the_end(epoch, stop, due
         settings=TrainerSettings.from_dict({"progress_png_every": 10}),
     )  # fmt: skip
     assert nnUNetTrainerMultiTask.progress_png_due(trainer) is due
+
+
+def test_progress_line_reads_the_epoch_from_nnunets_logger(monkeypatch):
+    import pancreas_mtl.training.trainer as trainer_module
+
+    logged = {
+        "train_losses": [-0.1, -0.25], "val_losses": [-0.2, -0.3],
+        "dice_per_class_or_region": [[0.5, 0.1], [np.float32(0.75), np.float32(0.5)]],
+        # epochs 0 and 1 started at 100 and 110; epoch 0 took 10 s, epoch 1 runs until now (124)
+        "epoch_start_timestamps": [100.0, 110.0], "epoch_end_timestamps": [110.0],
+    }
+    monkeypatch.setattr(trainer_module, "time", lambda: 124.0)
+    fake = SimpleNamespace(logger=SimpleNamespace(local_logger=SimpleNamespace(my_fantastic_logging=logged)),
+                           current_epoch=1, num_epochs=4)
+    row = {"epoch": 1, "cls_loss": 0.9, "cls_weight": 0.3, "whole_dsc": 0.8, "lesion_dsc": 0.4, "macro_f1": 0.5}
+    line = nnUNetTrainerMultiTask.progress_line(fake, row)
+    # two epochs left at the mean of 10 s and 14 s
+    assert line == ("epoch 2/4 | loss train -0.2500 val -0.3000 cls 0.9000 | pseudo Dice 0.7500 0.5000 | "
+                    "case DSC whole 0.8000 lesion 0.4000 | macro-F1 0.5000 | 14s/epoch | ETA 24s")
+    # before the head's loss is switched on, and on epochs without case validation
+    line = nnUNetTrainerMultiTask.progress_line(fake, {"epoch": 1, "cls_loss": 1.1, "cls_weight": 0.0})
+    assert "cls n/a" in line and "whole n/a" in line and "macro-F1 n/a" in line

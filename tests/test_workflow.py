@@ -25,6 +25,8 @@ STAGES = {
     "predict_split",
     "evaluate_validation",
     "plot_training",
+    "plot_case_overlays",
+    "plot_test_overlays",
 }
 
 
@@ -169,8 +171,9 @@ def test_metrics_and_benchmark(demo_run):
     for key in ("whole_pancreas_dsc", "lesion_dsc", "macro_f1"):
         assert 0 <= summary[key] <= 1
     assert summary["whole_pancreas_dsc"] > 0.3
-    for png in ("confusion_matrix", "dsc_distributions", "training_curves", "prediction_counts"):
+    for png in ("confusion_matrix", "dsc_distributions", "training_curves", "prediction_counts", "reliability"):
         assert (demo_run / f"metrics/{png}.png").stat().st_size > 0
+    assert 0 <= summary["brier_score"] <= 2 and 0 <= summary["ece"] <= 1
     # the demo's test labels live outside the cohort; evaluate scores the test split with them
     test = json.loads((demo_run / "metrics/test/summary.json").read_text())
     assert test["split"] == "test" and test["n_cases"] == 3 and test["n_cases_with_subtype"] == 3
@@ -185,6 +188,26 @@ def test_metrics_and_benchmark(demo_run):
                 "stock_inprocess_seconds", "speedup_vs_stock_inprocess"):
         assert key in speed
     assert speed["mask_dice_vs_stock"] >= 0.99
+
+
+@pytest.mark.workflow
+def test_every_case_has_an_overlay_in_lesion_dice_order(demo_run):
+    per_case = pd.read_csv(demo_run / "metrics/per_case.csv", dtype={"case_id": str})
+    folder = demo_run / "plots/overlays/validation"
+    gallery = pd.read_csv(folder / "gallery.csv", dtype={"case_id": str})
+    assert sorted(gallery["case_id"]) == sorted(per_case["case_id"])
+    # file names sort in gallery order, which is worst lesion Dice first, as evaluate scored them
+    names = sorted(p.stem for p in folder.glob("*.png"))
+    assert names == gallery["name"].tolist()
+    dice = per_case.set_index("case_id").loc[gallery["case_id"], "lesion_dsc"].to_numpy()
+    assert np.all(np.diff(dice) >= -1e-9), dice
+    np.testing.assert_allclose(gallery["lesion_dsc"], dice)
+    wrong = per_case.set_index("case_id").eval("subtype != predicted_subtype")
+    assert gallery.set_index("case_id")["misclassified"].equals(wrong.loc[gallery["case_id"]])
+    table = pd.read_csv(demo_run / "dataset/subtypes.csv", dtype={"case_id": str})
+    test_cases = sorted(table.case_id[table.split == "test"])
+    test_names = sorted(p.stem.split("_", 1)[1] for p in (demo_run / "plots/overlays/test").glob("*.png"))
+    assert test_names == test_cases
 
 
 @pytest.mark.workflow
@@ -253,5 +276,11 @@ def test_report_holds_every_plot(demo_run, tmp_path):
     text = report.read_text()
     assert "<html" in text[:2000].lower()
     for name in ("confusion_matrix.png", "dsc_distributions.png", "training_curves.png",
-                 "prediction_counts.png", "summary.json", "inference_speed.png", "progress.png"):
+                 "prediction_counts.png", "summary.json", "inference_speed.png", "progress.png",
+                 "reliability.png"):
         assert name in text, name
+    # the overlay gallery: one entry per validation case, labelled with its rank first
+    gallery = pd.read_csv(demo_run / "plots/overlays/validation/gallery.csv")
+    for name in gallery["name"]:
+        assert f"{name}.png" in text, name
+    assert '"labels": {"rank": "001"' in text

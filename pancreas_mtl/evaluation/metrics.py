@@ -18,10 +18,11 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from ..layout import PREDICTION_TABLE, mask_file_name, read_prediction_table
+from ..layout import PREDICTION_TABLE, mask_file_name, probability_columns, read_prediction_table
 
 SUMMARY_JSON = "summary.json"
 PER_CASE_CSV = "per_case.csv"
+CALIBRATION_BINS = 10
 
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
@@ -82,6 +83,62 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels:
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
+
+
+def _checked_probabilities(y_true: Sequence[int], probabilities) -> tuple[np.ndarray, np.ndarray]:
+    y_true = np.asarray(y_true, dtype=int)
+    probabilities = np.asarray(probabilities, dtype=float)
+    if probabilities.ndim != 2 or len(probabilities) != len(y_true):
+        raise ValueError(f"expected one probability row per case: {len(y_true)} cases, "
+                         f"probabilities of shape {probabilities.shape}")
+    if len(y_true) and (y_true.min() < 0 or y_true.max() >= probabilities.shape[1]):
+        raise ValueError(f"true classes {sorted(set(y_true.tolist()))} outside 0..{probabilities.shape[1] - 1}")
+    return y_true, probabilities
+
+
+def brier_score(y_true: Sequence[int], probabilities) -> float:
+    """Multi-class Brier score: mean over cases of the squared distance between the predicted
+    probability vector and the one-hot truth (0 is perfect, 2 the worst possible)."""
+    y_true, probabilities = _checked_probabilities(y_true, probabilities)
+    if not len(y_true):
+        return math.nan
+    one_hot = np.eye(probabilities.shape[1])[y_true]
+    return float(np.mean(np.sum((probabilities - one_hot) ** 2, axis=1)))
+
+
+def calibration_bins(y_true: Sequence[int], probabilities, n_bins: int = CALIBRATION_BINS) -> list[dict]:
+    """Reliability of the top-class probability in `n_bins` equal-width bins of (0, 1].
+
+    Each bin: ``lower``, ``upper``, ``count`` and, for a non-empty bin, the mean ``confidence``
+    (top-class probability) and the ``accuracy`` (fraction of its cases whose top class is right).
+    """
+    y_true, probabilities = _checked_probabilities(y_true, probabilities)
+    confidence = probabilities.max(axis=1) if len(y_true) else np.zeros(0)
+    correct = probabilities.argmax(axis=1) == y_true if len(y_true) else np.zeros(0, bool)
+    # bins are closed on the right, so a confidence of exactly 1 falls in the last one
+    index = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+    bins = []
+    for b in range(n_bins):
+        members = index == b
+        count = int(members.sum())
+        bins.append({
+            "lower": b / n_bins,
+            "upper": (b + 1) / n_bins,
+            "count": count,
+            "confidence": float(confidence[members].mean()) if count else None,
+            "accuracy": float(correct[members].mean()) if count else None,
+        })
+    return bins
+
+
+def expected_calibration_error(y_true: Sequence[int], probabilities, n_bins: int = CALIBRATION_BINS) -> float:
+    """ECE of the top-class probability: the case-weighted mean of |accuracy - confidence| over
+    equal-width bins (Guo et al. 2017)."""
+    bins = calibration_bins(y_true, probabilities, n_bins)
+    total = sum(b["count"] for b in bins)
+    if not total:
+        return math.nan
+    return float(sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"]) / total)
 
 
 def bootstrap_ci(
@@ -145,7 +202,8 @@ def evaluate_split(
     `references` holds ``(case_id, reference_mask_path, subtype)``; a subtype of None (a test case
     whose label is not known) is scored for segmentation only. `prediction_dir` holds
     ``<case_id>.nii.gz`` masks and ``subtype_results.csv``. Mean DSCs and macro-F1 come with
-    percentile bootstrap 95% intervals over cases.
+    percentile bootstrap 95% intervals over cases. When the table holds one probability column
+    per subtype, the summary adds their calibration: `brier_score`, `ece` and `calibration_bins`.
     """
     import pandas as pd
 
@@ -201,6 +259,12 @@ def evaluate_split(
         summary["accuracy"] = classification["accuracy"]
         summary["per_class"] = {str(k): v for k, v in classification["per_class"].items()}
         summary["confusion_matrix"] = classification["confusion_matrix"]
+        prob_columns = probability_columns(num_subtypes)
+        if set(prob_columns) <= set(labelled.columns):
+            probabilities = labelled[prob_columns].to_numpy(dtype=float)
+            summary["brier_score"] = brier_score(y_true, probabilities)
+            summary["ece"] = expected_calibration_error(y_true, probabilities)
+            summary["calibration_bins"] = calibration_bins(y_true, probabilities)
     summary["n_bootstrap"] = int(n_bootstrap)
     summary = _finite_or_none(summary)
 

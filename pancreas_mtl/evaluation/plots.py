@@ -1,4 +1,5 @@
-"""Report figures: confusion matrix, DSC distributions, training curves, prediction counts, speed.
+"""Report figures: confusion matrix, DSC distributions, reliability, training curves, prediction
+counts, speed.
 
 Figures are built with `matplotlib.figure.Figure` and rendered by Agg, so no pyplot state or display
 is involved and nothing stays open after a function returns. Each function returns its figure, so
@@ -79,6 +80,41 @@ def plot_dsc_distributions(per_case_csv: str | os.PathLike, path: str | os.PathL
         ax.set_ylim(-0.02, 1.02)
     axes[0].set_ylabel("DSC")
     axes[0].legend(loc="lower left", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_reliability(
+    bins: Sequence[Mapping],
+    path: str | os.PathLike,
+    brier: float | None = None,
+    ece: float | None = None,
+) -> Figure:
+    """Reliability diagram of the top-class subtype probability: per bin, the fraction of cases
+    classified right (bars) against the mean confidence (points; the diagonal is perfect
+    calibration), and below it the number of cases per bin. `bins` as
+    `metrics.calibration_bins` returns them."""
+    lower = np.array([b["lower"] for b in bins], dtype=float)
+    upper = np.array([b["upper"] for b in bins], dtype=float)
+    counts = np.array([b["count"] for b in bins], dtype=int)
+    filled = counts > 0
+    accuracy = np.array([b["accuracy"] if b["count"] else 0.0 for b in bins], dtype=float)
+    confidence = np.array([b["confidence"] if b["count"] else np.nan for b in bins], dtype=float)
+    fig = Figure(figsize=(4.8, 5.6), layout="constrained")
+    ax, count_ax = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
+    ax.bar(lower[filled], accuracy[filled], width=(upper - lower)[filled], align="edge", color="tab:blue",
+           edgecolor="black", alpha=0.7, label="fraction right")
+    ax.plot(confidence[filled], accuracy[filled], "o", color="tab:red", label="mean confidence")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("fraction classified right")
+    ax.legend(loc="upper left", fontsize=8)
+    scores = [f"{name} {value:.3f}" for name, value in (("Brier", brier), ("ECE", ece)) if value is not None]
+    ax.set_title(", ".join(scores) if scores else "reliability", fontsize=10)
+    count_ax.bar(lower, counts, width=upper - lower, align="edge", color="tab:gray", edgecolor="black")
+    count_ax.set_ylabel("cases")
+    count_ax.set_xlabel("top-class probability (confidence)")
+    count_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     return _save(fig, path)
 
 

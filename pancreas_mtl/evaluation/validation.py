@@ -8,12 +8,14 @@ import logging
 import os
 from pathlib import Path
 
-from ..layout import raw_label, read_test_labels, split_cases, table_num_subtypes
+from ..layout import raw_image, raw_label, read_test_labels, split_cases, table_num_subtypes
 from .metrics import SUMMARY_JSON, evaluate_split
+from .overlays import OverlayCase, plot_overlays
 from .plots import (
     plot_confusion_matrix,
     plot_dsc_distributions,
     plot_prediction_counts,
+    plot_reliability,
     plot_training_curves,
 )
 
@@ -46,9 +48,11 @@ def evaluate_validation(
     test_prediction_dir: str | os.PathLike | None = None,
     test_labels_dir: str | os.PathLike | None = None,
     n_bootstrap: int = 1000,
+    reliability_png: str | os.PathLike | None = None,
 ) -> dict:
     """Validation metrics and plots in output_dir; with test labels, the test split's metrics in
-    output_dir/test and as the `test` entry of the validation summary."""
+    output_dir/test and as the `test` entry of the validation summary. The reliability diagram
+    needs the prediction table's probability columns; without them it says so."""
     num_subtypes = table_num_subtypes(subtype_table)
     summary = evaluate_split(
         prediction_dir,
@@ -59,6 +63,12 @@ def evaluate_validation(
     )
     plot_confusion_matrix(summary["confusion_matrix"], confusion_png)
     plot_dsc_distributions(Path(output_dir) / "per_case.csv", dsc_png)
+    if reliability_png is not None:
+        if "calibration_bins" not in summary:
+            raise ValueError(f"{Path(prediction_dir) / 'subtype_results.csv'} has no probability columns "
+                             f"prob_subtype0..{num_subtypes - 1}: no reliability diagram")
+        plot_reliability(summary["calibration_bins"], reliability_png, summary["brier_score"], summary["ece"])
+        logger.info("validation: Brier score %.4f, ECE %.4f", summary["brier_score"], summary["ece"])
     if test_labels_dir is not None:
         test = evaluate_split(
             test_prediction_dir,
@@ -73,6 +83,32 @@ def evaluate_validation(
         logger.info("test: whole DSC %.3f, lesion DSC %.3f, macro-F1 %s", test["whole_pancreas_dsc"],
                     test["lesion_dsc"], test.get("macro_f1"))
     return summary
+
+
+def plot_split_overlays(
+    prediction_dir: str | os.PathLike,
+    raw_dataset_dir: str | os.PathLike,
+    subtype_table: str | os.PathLike,
+    split: str,
+    output_dir: str | os.PathLike,
+    test_labels_dir: str | os.PathLike | None = None,
+) -> list[dict]:
+    """Case overlays of one split in output_dir, worst lesion Dice first: validation cases with
+    their reference masks; test cases with the prediction alone, or with the reference when a test
+    labels folder is given."""
+    if split == "validation":
+        references = validation_references(raw_dataset_dir, subtype_table)
+    elif test_labels_dir is not None:
+        references = test_references(test_labels_dir, subtype_table)
+    else:
+        references = [(c, None, None) for c, _ in split_cases(subtype_table, split)]
+    cases = [OverlayCase(c, raw_image(raw_dataset_dir, c, split), None if ref is None else Path(ref), s)
+             for c, ref, s in references]
+    rows = plot_overlays(cases, prediction_dir, output_dir)
+    flagged = [r["case_id"] for r in rows if r["misclassified"]]
+    logger.info("%s: %d overlays in %s; misclassified: %s", split, len(rows), output_dir,
+                ", ".join(flagged) or "none")
+    return rows
 
 
 def plot_training(monitors: dict, curves_png: str | os.PathLike, counts_png: str | os.PathLike) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -23,6 +24,7 @@ from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 
 from ..layout import prediction_row, raw_image, split_cases, write_prediction_table
 from ..nnunet_env import ensure_ext_trainer_path, resolve_device
+from ..progress import case_line, eta_seconds
 from ..training.heads import add_evidence
 
 logger = logging.getLogger(__name__)
@@ -158,18 +160,28 @@ def predict_cases(
 ) -> pd.DataFrame:
     """Masks `<case>.nii.gz` and `subtype_results.csv` in output_dir for (case_id, image) pairs.
 
-    Without `write_masks` only the CSV is written (a classification-only pass).
+    Without `write_masks` only the CSV is written (a classification-only pass). Each case logs one
+    line with its subtype, time and ETA; on a terminal a progress bar shows the same ETA.
     """
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    images = list(images)
+    rows, durations = [], []
     file_ending = predictor.dataset_json["file_ending"]
-    for case_id, image in images:
-        probs = predictor.predict_case(
-            image, os.fspath(output_dir / case_id) if write_masks else None
-        )
-        rows.append(prediction_row(case_id, probs, file_ending))
-        logger.info("%s: subtype %d %s", case_id, rows[-1]["Subtype"], np.round(probs, 3))
+    # disable=None: a bar only on a terminal, so a rule's log holds the per-case lines alone
+    with logging_redirect_tqdm(), tqdm(images, desc="predicting", unit="case", disable=None) as bar:
+        for index, (case_id, image) in enumerate(bar):
+            start = time.perf_counter()
+            probs = predictor.predict_case(
+                image, os.fspath(output_dir / case_id) if write_masks else None
+            )
+            durations.append(time.perf_counter() - start)
+            rows.append(prediction_row(case_id, probs, file_ending))
+            logger.info(case_line(index, len(images), case_id, rows[-1]["Subtype"], probs, durations[-1],
+                                  eta_seconds(durations, len(images) - index - 1)))
     table = pd.DataFrame(rows)
     write_prediction_table(rows, output_dir, predictor.num_subtypes)
     return table

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from os.path import join
+from time import time
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from torch import autocast, nn
 from ..evaluation.metrics import dice
 from ..layout import DEFAULT_NUM_SUBTYPES, NUM_SUBTYPES_KEY, read_num_subtypes, read_subtypes
 from ..nnunet_env import HEAD_TRAINERS
+from ..progress import epoch_line, eta_seconds
 from .case_evaluation import sliding_window_case
 from .early_stopping import stopping_state
 from .heads import HEADS, MultiTaskUNet, stage_channels
@@ -370,6 +372,7 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
                 f"(best epoch {state.best_epoch}, score {state.best_score:.4f})"
             )
             self._stop = True
+        self.print_to_log_file(self.progress_line(row))
         self._epoch_cls = {}
         if draw:
             super().on_epoch_end()
@@ -386,6 +389,37 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
         at the last epoch (early stopping included)."""
         epoch = self.current_epoch + 1
         return self._stop or epoch >= self.num_epochs or epoch % self.settings.progress_png_every == 0
+
+    def progress_line(self, row: dict) -> str:
+        """This epoch in one line: losses, pseudo Dice, case-level DSC and macro-F1, time, ETA.
+
+        Reads nnU-Net's logger only; the ETA assumes every configured epoch runs (early stopping
+        may end sooner).
+        """
+        logged = self.logger.local_logger.my_fantastic_logging
+
+        def last(key):
+            values = logged.get(key) or []
+            return values[-1] if values else None
+
+        starts, ends = logged.get("epoch_start_timestamps", []), logged.get("epoch_end_timestamps", [])
+        durations = [end - start for start, end in zip(starts, ends)]
+        if starts:
+            durations = durations[: len(starts) - 1] + [time() - starts[-1]]
+        dice = last("dice_per_class_or_region")
+        return epoch_line(
+            self.current_epoch,
+            self.num_epochs,
+            last("train_losses"),
+            last("val_losses"),
+            row.get("cls_loss") if row.get("cls_weight") else None,
+            None if dice is None else [float(d) for d in dice],
+            row.get("whole_dsc"),
+            row.get("lesion_dsc"),
+            row.get("macro_f1"),
+            durations[-1] if durations else None,
+            eta_seconds(durations, self.num_epochs - self.current_epoch - 1),
+        )
 
     @property
     def monitor_history(self) -> list[dict]:

@@ -3,6 +3,7 @@ import os
 from snakemake.utils import validate
 
 from pancreas_mtl.job_resources import training_cpus, training_mem_mb
+from pancreas_mtl.layout import overlay_labels
 from pancreas_mtl.nnunet_env import (
     dataset_name,
     model_folder_name,
@@ -53,6 +54,8 @@ TRAIN_MEM_MB = training_mem_mb(config["train"]["data_augmentation_workers"])
 localrules:
     write_splits,
     evaluate_validation,
+    plot_case_overlays,
+    plot_test_overlays,
     plot_training,
     baseline_classifier,
 
@@ -90,3 +93,13 @@ def test_evaluation_inputs(wildcards):
         "test_predictions": f"{RESULTS}/predictions/test",
         "test_labels": TEST_LABELS,
     }
+
+
+def test_overlay_inputs(wildcards):
+    """Test labels for the test overlays, when known: they add the reference contours."""
+    return {} if TEST_LABELS is None else {"test_labels": TEST_LABELS}
+
+
+def overlay_report_labels(wildcards, output):
+    """Report labels of one case overlay; the rank comes first, so the gallery follows lesion Dice."""
+    return overlay_labels(output[0], wildcards.name)

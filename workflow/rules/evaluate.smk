@@ -25,6 +25,11 @@ rule evaluate_validation:
             caption="../report/dsc_distributions.rst",
             category="Metrics",
         ),
+        reliability=report(
+            f"{RESULTS}/metrics/reliability.png",
+            caption="../report/reliability.rst",
+            category="Metrics",
+        ),
     log:
         f"{RESULTS}/logs/evaluate_validation/evaluate_validation.log",
     conda:
@@ -67,9 +72,66 @@ rule plot_training:
         "../scripts/plot_training.py"
 
 
+rule plot_case_overlays:
+    input:
+        predictions=f"{RESULTS}/predictions/validation",
+        raw=rules.ingest_cohort.output.raw,
+        subtypes=rules.ingest_cohort.output.subtypes,
+    output:
+        report(
+            directory(f"{RESULTS}/plots/overlays/validation"),
+            patterns=["{name}.png"],
+            caption="../report/case_overlays.rst",
+            category="Case overlays",
+            subcategory="validation",
+            labels=overlay_report_labels,
+        ),
+    log:
+        f"{RESULTS}/logs/plot_case_overlays/plot_case_overlays.log",
+    conda:
+        ENV_TOOLS
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        split="validation",
+    script:
+        "../scripts/plot_case_overlays.py"
+
+
+rule plot_test_overlays:
+    input:
+        unpack(test_overlay_inputs),
+        predictions=f"{RESULTS}/predictions/test",
+        raw=rules.ingest_cohort.output.raw,
+        subtypes=rules.ingest_cohort.output.subtypes,
+    output:
+        report(
+            directory(f"{RESULTS}/plots/overlays/test"),
+            patterns=["{name}.png"],
+            caption="../report/test_overlays.rst",
+            category="Case overlays",
+            subcategory="test",
+            labels=overlay_report_labels,
+        ),
+    log:
+        f"{RESULTS}/logs/plot_test_overlays/plot_test_overlays.log",
+    conda:
+        ENV_TOOLS
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        split="test",
+    script:
+        "../scripts/plot_case_overlays.py"
+
+
 rule evaluate:
     input:
         rules.evaluate_validation.output,
+        rules.plot_case_overlays.output,
+        rules.plot_test_overlays.output,
         rules.plot_training.output,
         rules.baseline_classifier.output,
         f"{RESULTS}/predictions/test",

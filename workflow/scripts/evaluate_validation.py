@@ -17,6 +17,7 @@ evaluate_validation(
     output_dir=snakemake.params.output_dir,
     confusion_png=snakemake.output.confusion,
     dsc_png=snakemake.output.dsc,
+    reliability_png=snakemake.output.reliability,
     test_prediction_dir=snakemake.input.get("test_predictions"),
     test_labels_dir=snakemake.input.get("test_labels"),
 )
