@@ -1,0 +1,143 @@
+"""The demo's CPU cost: the settings before issue 14 against today's, side by side in one run.
+
+Training: the demo cohort is built and preprocessed once, then fold 0 trains for a few epochs
+under each arm, arms alternating, each in a process and an nnU-Net results folder of its own;
+seconds per epoch come from nnU-Net's own epoch timestamps (the first epoch, which pays for
+start-up, is left out). With --pipeline, the whole default pipeline (`snakemake --cores N all`)
+also runs once per arm in a fresh results folder and its wall time is reported.
+
+The "before" arm is the previous default: the training process took all of the job's threads
+beside its augmentation worker, and nnU-Net's progress.png and the monitor plot were redrawn
+every epoch. Figures from different machines differ several-fold (AVX-512 or not, core count,
+load); read the ratios, which come from one run on one machine.
+
+Usage: python benchmarks/demo_speed.py [--epochs 6] [--repeats 1] [--cores 2] [--pipeline]
+                                       [--workdir DIR] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def cpu_description() -> dict:
+    """CPU model, logical cores and the vector extensions that set convolution speed."""
+    flags, model = set(), platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {
+        "model": model,
+        "logical_cores": os.cpu_count(),
+        "avx2": "avx2" in flags,
+        "avx512": any(f.startswith("avx512f") for f in flags),
+    }
+
+
+def arms(cores: int) -> dict[str, dict]:
+    """`train` overrides per arm."""
+    return {"before": {"torch_threads": cores, "progress_png_every": 1}, "new": {}}
+
+
+def snakemake(cores: int, results: Path, target: str, train: dict | None = None) -> float:
+    """Wall seconds of `snakemake --cores N target` on the default config, with `train` overrides."""
+    extra = []
+    if train:
+        overrides = results.parent / f"{results.name}.yaml"
+        overrides.write_text(yaml.safe_dump({"train": train}))
+        extra = ["--configfile", str(overrides)]
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", str(cores), target, *extra,
+         "--config", f"results_dir={results}"],
+        cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    return time.perf_counter() - start
+
+
+def train_arm(results: Path, models: Path, train: dict, cores: int) -> list[float]:
+    """Train fold 0 in a fresh process; the seconds of each epoch, from nnU-Net's timestamps."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    code = f"""
+import sys, json
+sys.path.insert(0, {str(REPO)!r})
+from pancreas_mtl.nnunet_env import set_nnunet_paths, plans_identifier
+set_nnunet_paths({str(results / "nnUNet_raw")!r}, {str(results / "nnUNet_preprocessed")!r}, {str(models)!r})
+from pancreas_mtl.training.run import train_fold
+train_fold({config["dataset"]["id"]}, {config["plan"]["configuration"]!r}, 0,
+           plans_identifier({config["plan"]["planner"]!r}), json.loads({json.dumps(json.dumps(train))}),
+           threads={cores})
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import torch
+
+    (final,) = models.rglob("fold_0/checkpoint_final.pth")
+    logging = torch.load(final, map_location="cpu", weights_only=False)["logging"]
+    return [e - s for s, e in zip(logging["epoch_start_timestamps"], logging["epoch_end_timestamps"])]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=6, help="epochs per training arm (first one left out)")
+    parser.add_argument("--repeats", type=int, default=1, help="alternating rounds of the training arms")
+    parser.add_argument("--cores", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--pipeline", action="store_true", help="also time the whole pipeline per arm")
+    parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--json", type=Path, help="write the figures here too")
+    args = parser.parse_args()
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="demo_speed_"))
+    work = work.resolve()
+    figures: dict = {"cpu": cpu_description(), "cores": args.cores, "epochs": args.epochs}
+    print(f"CPU: {figures['cpu']}; {args.cores} cores for the run", flush=True)
+
+    shared = work / "shared"
+    snakemake(args.cores, shared, "preprocess")
+    epochs: dict[str, list[float]] = {name: [] for name in arms(args.cores)}
+    for round_ in range(args.repeats):
+        for name, overrides in arms(args.cores).items():
+            train = {**yaml.safe_load((REPO / "config" / "config.yaml").read_text())["train"], **overrides}
+            train["epochs"] = args.epochs
+            seconds = train_arm(shared, work / f"models_{name}_{round_}", train, args.cores)
+            epochs[name] += seconds[1:]
+            print(f"{name}: {np.median(seconds[1:]):.1f} s/epoch (round {round_ + 1})", flush=True)
+    for name, seconds in epochs.items():
+        figures[f"{name}_seconds_per_epoch"] = float(np.median(seconds))
+    figures["epoch_ratio_new_vs_before"] = figures["new_seconds_per_epoch"] / figures["before_seconds_per_epoch"]
+    print(
+        f"training: before {figures['before_seconds_per_epoch']:.1f} s/epoch, "
+        f"new {figures['new_seconds_per_epoch']:.1f} s/epoch, ratio {figures['epoch_ratio_new_vs_before']:.2f}"
+    )
+
+    if args.pipeline:
+        for name, overrides in arms(args.cores).items():
+            seconds = snakemake(args.cores, work / f"pipeline_{name}", "all", overrides)
+            figures[f"{name}_pipeline_seconds"] = seconds
+            print(f"pipeline {name}: {seconds:.0f} s", flush=True)
+        figures["pipeline_ratio_new_vs_before"] = figures["new_pipeline_seconds"] / figures["before_pipeline_seconds"]
+        print(f"pipeline ratio new/before: {figures['pipeline_ratio_new_vs_before']:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()
