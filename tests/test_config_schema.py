@@ -112,6 +112,7 @@ def test_gpu_config_validates_and_selects_the_full_recipe():
         ({"dataset": {"name": "Pancreas MTL"}}, "name"),
         ({"ingest": {"label_tolerance": 0.5}}, "label_tolerance"),
         ({"predict": {"tta": "yes"}}, "tta"),
+        ({"predict": {"checkpoint": "checkpoint_best.pth"}}, "checkpoint"),
         ({"threads": 0}, "threads"),
     ],
 )

@@ -54,8 +54,6 @@ def test_cli_names_model_folder_without_fold_checkpoint(tmp_path):
     images = image_folder(tmp_path / "images", ["quiz_001_0000.nii.gz"])
     error = run_cli("-i", images, "-o", tmp_path / "out", "-m", model, "-f", 0, 1)
     assert str(model) in str(error.code) and "fold_1/checkpoint_final.pth" in str(error.code)
-    error = run_cli("-i", images, "-o", tmp_path / "out", "-m", model, "-chk", "checkpoint_best.pth")
-    assert "fold_0/checkpoint_best.pth" in str(error.code)
     error = run_cli("-i", images, "-o", tmp_path / "out", "-m", tmp_path / "nope")
     assert str(tmp_path / "nope") in str(error.code)
     (model / "plans.json").unlink()
@@ -232,3 +230,16 @@ def test_out_of_memory_fallback_rerun_starts_from_no_evidence():
     result = run_with_oom(tiny_predictor(1), fail_on_call=2 * 8 + 1)
     assert len(result[3]) == len(clean[3]) + 2 * 8 + 1
     assert_same_prediction(result, clean)
+
+
+@pytest.mark.parametrize(
+    "checkpoint", ["checkpoint_best.pth", "checkpoint_latest.pth", "checkpoint_best_score.pth"]
+)
+def test_checkpoints_without_the_case_level_refit_are_refused(tmp_path, checkpoint, capsys):
+    model = fake_model(tmp_path / "models", checkpoint=checkpoint)
+    with pytest.raises(ValueError, match="case-level refit.*checkpoint_final.pth"):
+        predictor.load_predictor(model, [0], checkpoint, device="cpu")
+    error = run_cli("-i", image_folder(tmp_path / "in", ["a_0000.nii.gz"]), "-o", tmp_path / "out",
+                    "-m", model, "-chk", checkpoint)
+    assert error.code == 2
+    assert "case-level refit" in capsys.readouterr().err

@@ -25,7 +25,7 @@ from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from nnunetv2.utilities.helpers import empty_cache
 
 from ..layout import prediction_row, raw_image, split_cases, write_prediction_table
-from ..nnunet_env import ensure_ext_trainer_path, resolve_device
+from ..nnunet_env import check_prediction_checkpoint, ensure_ext_trainer_path, resolve_device
 from ..training.heads import add_evidence
 
 logger = logging.getLogger(__name__)
@@ -152,6 +152,7 @@ def load_predictor(
     step_size: float = 0.5,
     mirror_batch: int = 8,
 ) -> MultiTaskPredictor:
+    check_prediction_checkpoint(checkpoint)
     ensure_ext_trainer_path()
     torch_device = resolve_device(device)
     predictor = MultiTaskPredictor(
