@@ -96,6 +96,9 @@ def test_gpu_config_validates_and_selects_the_full_recipe():
     assert config["train"]["epochs"] == 500
     assert config["train"]["early_stopping"]["patience"] == 100
     assert config["train"]["cls_warmup_epochs"] == 15
+    # never a silent fallback: no demo cohort, no CPU
+    assert config["data_dir"] == ""
+    assert config["train"]["device"] == "cuda"
 
 
 @pytest.mark.parametrize(
