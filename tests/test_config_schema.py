@@ -137,4 +137,5 @@ def test_heldout_like_benchmark_config_overlays_the_default():
         "seed": 7,
         "n_subtypes": 3,
         "difficulty": "quick",
+        "size": "quick",
     }
