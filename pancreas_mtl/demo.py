@@ -66,6 +66,10 @@ FLOAT_MASK_PROBABILITY = 214 / 288
 FLOAT_IMAGE_PROBABILITY = 0.5
 
 SHAPE_RANGE_XYZ = ((84, 112), (64, 88), (32, 44))
+# demo.size: "quick" is CPU scale; "real" is the real cohort's size (median about 180 x 117 x 59
+# voxels in nibabel's X, Y, Z at 0.73 x 0.73 x 2.0 mm), for proving the GPU recipe at full scale
+SHAPE_RANGES_XYZ = {"quick": SHAPE_RANGE_XYZ, "real": ((160, 200), (104, 130), (52, 66))}
+SIZES = tuple(SHAPE_RANGES_XYZ)
 FIELD_OF_VIEW_RANGE_MM = (359, 409)
 CT_MATRIX_SIZE = 512
 SLICE_SPACING_MM = 2.0
@@ -153,12 +157,14 @@ def make_demo_cohort(
     n_subtypes=DEFAULT_N_SUBTYPES,
     difficulty="quick",
     test_labels_dir=None,
+    size="quick",
 ) -> dict:
     """Write a synthetic cohort in the assessment layout under out_dir and return its summary.
 
     `n_subtypes` (2 to 5) sets the subtype folders `subtype0..subtype{K-1}`; `class_fractions` (one
     positive number per subtype) defaults to `default_class_fractions(n_subtypes)`. `difficulty` is
-    "quick" or "hard" (see the module docstring). With `test_labels_dir` (a folder outside out_dir)
+    "quick" or "hard" (see the module docstring); `size` "quick" (CPU scale) or "real" (the real
+    cohort's size and spacing, about 180 x 117 x 59 voxels at 0.73 x 0.73 x 2.0 mm). With `test_labels_dir` (a folder outside out_dir)
     the test split's reference masks `<case>.nii.gz` (with the same dtype quirks as the training masks)
     and `subtypes.csv` (header `Names,Subtype`, Names = `<case>.nii.gz`) are written there, so the
     test split can be scored; the cohort's test/ folder always holds images only.
@@ -176,6 +182,8 @@ def make_demo_cohort(
         )
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
     if n_train < n_subtypes or n_validation < n_subtypes or n_test < 0:
         raise ValueError(
             f"need n_train and n_validation >= {n_subtypes} (one case per subtype) and n_test >= 0, "
@@ -216,6 +224,7 @@ def make_demo_cohort(
         seed,
         difficulty=difficulty,
         test_labels_dir=test_labels_dir,
+        size=size,
     )
     if workers == 1:
         records = [write(spec) for spec in specs]
@@ -242,6 +251,7 @@ def make_demo_cohort(
         "seed": seed,
         "n_subtypes": n_subtypes,
         "difficulty": difficulty,
+        "size": size,
         "test_labels_dir": None if test_labels_dir is None else str(test_labels_dir),
         "counts": counts,
         "cases": records,
@@ -311,10 +321,12 @@ def case_rngs(seed, index, subtype) -> tuple[np.random.Generator, ...]:
 
 
 def draw_geometry(
-    rng,
+    rng, size="quick"
 ) -> tuple[tuple[int, int, int], tuple[float, float, float], np.ndarray]:
     """ROI shape, voxel zooms and affine; in-plane spacing is FOV/512 as on a real scanner (exact in float32)."""
-    shape = tuple(int(rng.integers(low, high + 1)) for low, high in SHAPE_RANGE_XYZ)
+    if size not in SHAPE_RANGES_XYZ:
+        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+    shape = tuple(int(rng.integers(low, high + 1)) for low, high in SHAPE_RANGES_XYZ[size])
     field_of_view_mm = int(
         rng.integers(FIELD_OF_VIEW_RANGE_MM[0], FIELD_OF_VIEW_RANGE_MM[1] + 1)
     )
@@ -771,16 +783,20 @@ def add_scanner_blur_and_noise(rng, hu, zooms, noise_scale) -> np.ndarray:
     return np.clip(blurred + noise * noise_scale, *HU_RANGE).astype(np.float32)
 
 
-def draw_case(seed, index, subtype, difficulty="quick") -> SyntheticCase:
-    """Draw one case; in the quick mode everything but the lesion's appearance is the same for every subtype."""
+def draw_case(seed, index, subtype, difficulty="quick", size="quick") -> SyntheticCase:
+    """Draw one case; in the quick mode everything but the lesion's appearance is the same for every subtype.
+
+    `size` "real" draws the ROI at the real cohort's size; organs and lesion scale with it as they
+    do between the quick demo's cases, and the random draws are the same as at "quick".
+    """
     if difficulty == "hard":
-        return draw_hard_case(seed, index, subtype)
+        return draw_hard_case(seed, index, subtype, size)
     if difficulty != "quick":
         raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
     geometry_rng, anatomy_rng, lesion_geometry_rng, appearance_rng = case_rngs(
         seed, index, subtype
     )
-    shape, zooms, affine = draw_geometry(geometry_rng)
+    shape, zooms, affine = draw_geometry(geometry_rng, size)
     pancreas = draw_pancreas(anatomy_rng, shape, zooms)
     hu = draw_anatomy(anatomy_rng, shape, zooms, pancreas)
     pancreas_hu = paint_pancreas(anatomy_rng, hu, pancreas, shape, zooms)
@@ -1010,12 +1026,12 @@ def draw_hard_lesion(
     return Lesion(mask, weight, lesion_hu.astype(np.float32), np.ones(shape, dtype=np.float32))
 
 
-def draw_hard_case(seed, index, subtype) -> SyntheticCase:
+def draw_hard_case(seed, index, subtype, size="quick") -> SyntheticCase:
     """Draw one hard-mode case: contrast phase, duct and gland shaped by the lesion, overlapping densities."""
     geometry_rng, anatomy_rng, lesion_geometry_rng, appearance_rng = case_rngs(
         seed, index, subtype
     )
-    shape, zooms, affine = draw_geometry(geometry_rng)
+    shape, zooms, affine = draw_geometry(geometry_rng, size)
     appearance = draw_hard_appearance(appearance_rng, subtype)
     along_fraction = lesion_geometry_rng.uniform(0.15, 0.85)
     upstream = upstream_weight(along_fraction)
@@ -1061,12 +1077,12 @@ def nifti_gz_bytes(array, affine) -> bytes:
     return gzip.compress(image.to_bytes(), compresslevel=GZIP_LEVEL, mtime=0)
 
 
-def write_case(out_dir, seed, spec, difficulty="quick", test_labels_dir=None) -> dict:
+def write_case(out_dir, seed, spec, difficulty="quick", test_labels_dir=None, size="quick") -> dict:
     """Draw and write one case (image, and mask outside test) with its per-case dtype quirks.
 
     A test case's mask goes to test_labels_dir when given, never into out_dir.
     """
-    case = draw_case(seed, spec.index, spec.subtype, difficulty)
+    case = draw_case(seed, spec.index, spec.subtype, difficulty, size)
     out_dir = Path(out_dir)
     folder = (
         Path(spec.split)

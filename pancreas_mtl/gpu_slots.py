@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -159,6 +160,33 @@ def gpu_problem(
     return (
         f"config key train.device is {device!r}, {seen}, but torch sees no CUDA device: {cause} "
         "Set train.device: cpu to run this step on the CPU anyway."
+    )
+
+
+def parse_time_device_problem(
+    device: str,
+    gpu_count: int | None = None,
+    submit_host: bool | None = None,
+    environ: MutableMapping[str, str] = os.environ,
+) -> str | None:
+    """Why the workflow should stop while Snakemake reads it, or None.
+
+    An explicit 'cuda' or 'cuda:N' on a machine without an NVIDIA GPU stops at once, before days
+    of work start. Where jobs may run elsewhere (a Slurm job, or a host with sbatch that submits
+    to GPU nodes) nothing is known yet: the GPU steps check for themselves (`check_gpu_usable`).
+    Reads the driver's files only; torch is not imported.
+    """
+    if device.split(":")[0] != "cuda" or "SLURM_JOB_ID" in environ:
+        return None
+    if submit_host is None:
+        submit_host = shutil.which("sbatch") is not None
+    count = nvidia_gpu_count() if gpu_count is None else gpu_count
+    if submit_host or count:
+        return None
+    return (
+        f"config key train.device is {device!r} but this machine has no NVIDIA GPU. Set "
+        "train.device: cpu to run on the CPU anyway (e.g. --config \"train={'device': 'cpu'}\"), "
+        "or run where a GPU is (a cluster profile checks in each GPU job)."
     )
 
 

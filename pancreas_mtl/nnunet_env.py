@@ -30,6 +30,8 @@ EXT_TRAINER_VARIABLE = "nnUNet_extTrainer"
 EXT_TRAINER_DIR = str(Path(__file__).resolve().parent / "nnunet_ext")
 # nnU-Net builds trainers through a fixed constructor: settings travel in a JSON file named here
 SETTINGS_VARIABLE = "PANCREAS_MTL_TRAINER_SETTINGS"
+# the one checkpoint that carries the head's case-level refit (done at the end of training)
+FINAL_CHECKPOINT = "checkpoint_final.pth"
 
 
 def dataset_name(dataset_id: int, name: str) -> str:
@@ -83,6 +85,20 @@ def resolve_device(name: str):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} requested but CUDA is not available on this machine")
     return device
+
+
+def check_prediction_checkpoint(name: str) -> None:
+    """Refuse a checkpoint without the case-level refit of the subtype head.
+
+    The refit runs once, at the end of training, and only checkpoint_final.pth is saved after it;
+    checkpoint_best.pth, checkpoint_latest.pth and checkpoint_best_score.pth hold a head whose
+    output layer was fit on patches, not on whole cases as it is used.
+    """
+    if name != FINAL_CHECKPOINT:
+        raise ValueError(
+            f"checkpoint {name!r} does not carry the subtype head's case-level refit; predict "
+            f"with {FINAL_CHECKPOINT} (config key predict.checkpoint, pancreas-mtl-predict -chk)"
+        )
 
 
 def default_threads(device_type: str) -> int:

@@ -96,6 +96,9 @@ def test_gpu_config_validates_and_selects_the_full_recipe():
     assert config["train"]["epochs"] == 500
     assert config["train"]["early_stopping"]["patience"] == 100
     assert config["train"]["cls_warmup_epochs"] == 15
+    # never a silent fallback: no demo cohort, no CPU
+    assert config["data_dir"] == ""
+    assert config["train"]["device"] == "cuda"
 
 
 @pytest.mark.parametrize(
@@ -112,6 +115,7 @@ def test_gpu_config_validates_and_selects_the_full_recipe():
         ({"dataset": {"name": "Pancreas MTL"}}, "name"),
         ({"ingest": {"label_tolerance": 0.5}}, "label_tolerance"),
         ({"predict": {"tta": "yes"}}, "tta"),
+        ({"predict": {"checkpoint": "checkpoint_best.pth"}}, "checkpoint"),
         ({"threads": 0}, "threads"),
     ],
 )
@@ -133,4 +137,5 @@ def test_heldout_like_benchmark_config_overlays_the_default():
         "seed": 7,
         "n_subtypes": 3,
         "difficulty": "quick",
+        "size": "quick",
     }

@@ -509,3 +509,35 @@ def test_hard_pdac_dilates_the_duct_upstream_and_densities_overlap():
     assert max(ratios) > min(net_ratios)
     cyst_hu = [draw_hard_appearance(case_rngs(0, i, 1)[3], 1).fluid_hu for i in range(60)]
     assert max(cyst_hu) > 40 + min(ratios) * 35 * 0.5
+
+
+@pytest.mark.parametrize("difficulty", ["quick", "hard"])
+def test_real_size_cases_have_the_real_cohorts_size_and_spacing(difficulty):
+    from pancreas_mtl.demo import SHAPE_RANGES_XYZ
+
+    case = draw_case(0, 1, 1, difficulty, size="real")
+    x, y, z = case.hu.shape
+    # the real cohort's median is about 180 x 117 x 59 voxels (X, Y, Z) at 0.73 x 0.73 x 2.0 mm
+    for n, (low, high) in zip((x, y, z), SHAPE_RANGES_XYZ["real"]):
+        assert low <= n <= high
+    assert (160, 104, 52) <= (x, y, z) <= (200, 130, 66)
+    assert case.zooms[2] == 2.0 and 0.70 <= case.zooms[0] == case.zooms[1] <= 0.80
+    np.testing.assert_allclose(np.diag(case.affine)[:3], case.zooms)
+    assert case.labels.shape == case.hu.shape
+    assert set(np.unique(case.labels)) == {0, 1, 2}
+    if difficulty == "quick":
+        # the quick lesion stays about 1-2.5 % of the ROI (hard-mode lesions have sizes in mm)
+        assert 0.005 < (case.labels == 2).mean() < 0.04
+
+
+def test_quick_size_is_the_default_and_unchanged():
+    default = draw_case(2, 3, 0)
+    quick = draw_case(2, 3, 0, size="quick")
+    np.testing.assert_array_equal(default.hu, quick.hu)
+    np.testing.assert_array_equal(default.labels, quick.labels)
+    assert default.hu.shape < draw_case(2, 3, 0, size="real").hu.shape
+
+
+def test_unknown_size_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="size"):
+        make_demo_cohort(tmp_path / "c", 3, 3, 1, size="huge")

@@ -15,6 +15,7 @@ from pancreas_mtl.gpu_slots import (
     claim_gpu,
     gpu_problem,
     nvidia_gpu_count,
+    parse_time_device_problem,
     release_gpus,
 )
 
@@ -126,3 +127,23 @@ def test_check_uses_this_torch():
     check_gpu_usable("auto", gpu_count=0)
     with pytest.raises(GpuUnavailableError, match="train.device"):
         check_gpu_usable("auto", gpu_count=1)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_explicit_cuda_without_a_gpu_stops_at_parse_time_naming_the_key(device):
+    message = parse_time_device_problem(device, gpu_count=0, submit_host=False, environ={})
+    assert "train.device" in message and repr(device) in message and "train.device: cpu" in message
+
+
+@pytest.mark.parametrize(
+    "device,gpu_count,submit_host,environ",
+    [
+        ("cpu", 0, False, {}),
+        ("auto", 0, False, {}),  # the default config runs anywhere
+        ("cuda", 1, False, {}),
+        ("cuda", 0, True, {}),  # sbatch here: the GPU jobs check on their nodes
+        ("cuda", 0, False, {"SLURM_JOB_ID": "7"}),  # a job's own parse: its GPU step checks
+    ],
+)
+def test_parse_time_device_check_passes(device, gpu_count, submit_host, environ):
+    assert parse_time_device_problem(device, gpu_count, submit_host, environ) is None

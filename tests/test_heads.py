@@ -489,3 +489,83 @@ def test_every_registered_head_trains_a_step_and_predicts(head_name, num_subtype
         probabilities = torch.softmax(net.classify(evidence), -1)
     assert probabilities.shape == (2, num_subtypes)
     assert torch.allclose(probabilities.sum(-1), torch.ones(2))
+
+
+def real_size_tile(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A tile at real magnitudes: tens of thousands of lesion and parenchyma voxels, features of a
+    few units, nnU-Net's Gaussian tile weights (up to 10)."""
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+    shape = (32, 64, 64)
+    g = torch.Generator().manual_seed(seed)
+    x = 3 + torch.randn((1, 1, *shape), generator=g)
+    whole = torch.zeros((1, 1, *shape))
+    lesion = torch.zeros((1, 1, *shape))
+    whole[..., 2:30, 4:60, 4:60] = 1
+    lesion[..., 6:26, 12:52, 12:52] = 1  # 32,000 voxels
+    gaussian = compute_gaussian(
+        shape, sigma_scale=1.0 / 8, value_scaling_factor=10, device=torch.device("cpu")
+    )[None, None]
+    return x, whole, lesion, gaussian.float()
+
+
+def test_weighted_moments_stay_fp32_and_finite_under_fp16_autocast():
+    x, _, lesion, gaussian = real_size_tile()
+    weights = lesion * gaussian
+    reference = weighted_moments(x, weights)
+    # the same bmm in fp16 overflows at these magnitudes (65,504): what CUDA autocast used to do
+    half = torch.bmm(
+        (x * x).flatten(2).half(), weights.flatten(2).half().transpose(1, 2)
+    )
+    assert not half.isfinite().all()
+    with torch.autocast("cpu", dtype=torch.float16):
+        moments = weighted_moments(x, weights)
+    for got, want in zip(moments, reference):
+        assert got.dtype == torch.float32 and got.isfinite().all()
+        torch.testing.assert_close(got, want)
+
+
+def test_lesion_pooling_under_fp16_autocast_gives_finite_evidence_and_probabilities():
+    unet = make_unet(3)
+    net = MultiTaskUNet(unet, LesionPoolingHead(stage_channels(unet, 1)), 3).eval()
+    x, whole, lesion, gaussian = real_size_tile()
+    with torch.no_grad():
+        reference = net.head.pool(x, net.encoder(x), whole, lesion, gaussian)
+        with torch.autocast("cpu", dtype=torch.float16):
+            skips = net.encoder(x)
+            evidence = net.head.pool(x, skips, whole, lesion, gaussian)
+        probabilities = torch.softmax(net.head.classify(evidence), -1)
+    assert reference["sum_sq"].max() > 65504  # real magnitudes: beyond fp16's range
+    for key, value in evidence.items():
+        assert value.dtype == torch.float32 and value.isfinite().all(), key
+    # the input stage is pooled from the same fp32 image: identical sums
+    torch.testing.assert_close(evidence["sum"][..., 0], reference["sum"][..., 0])
+    assert probabilities.isfinite().all()
+
+
+def test_standardizer_leaves_out_non_finite_rows():
+    std = RunningStandardizer(2)
+    std.update(torch.tensor([[float("nan"), 1.0], [float("inf"), 2.0]]))
+    assert int(std.num_updates) == 0
+    torch.testing.assert_close(std.running_mean, torch.zeros(2))
+    std.update(torch.tensor([[1.0, 10.0], [float("nan"), 0.0], [3.0, 30.0]]))
+    torch.testing.assert_close(std.running_mean, torch.tensor([2.0, 20.0]))
+    assert std.running_var.isfinite().all()
+
+
+def test_forward_with_regions_is_forward_multitask():
+    net = make_multitask()
+    x = image()
+    whole, lesion = masks()
+    with torch.no_grad():
+        seg, evidence = net(x, whole, lesion)
+        seg2, evidence2 = net.forward_multitask(x, whole, lesion)
+        seg3, evidence3 = net(x, multitask=True)
+        seg4, evidence4 = net.forward_multitask(x)
+    torch.testing.assert_close(seg, seg2)
+    torch.testing.assert_close(seg3, seg4)
+    for a, b in ((evidence, evidence2), (evidence3, evidence4)):
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k])
+    torch.testing.assert_close(net(x), seg)

@@ -54,8 +54,6 @@ def test_cli_names_model_folder_without_fold_checkpoint(tmp_path):
     images = image_folder(tmp_path / "images", ["quiz_001_0000.nii.gz"])
     error = run_cli("-i", images, "-o", tmp_path / "out", "-m", model, "-f", 0, 1)
     assert str(model) in str(error.code) and "fold_1/checkpoint_final.pth" in str(error.code)
-    error = run_cli("-i", images, "-o", tmp_path / "out", "-m", model, "-chk", "checkpoint_best.pth")
-    assert "fold_0/checkpoint_best.pth" in str(error.code)
     error = run_cli("-i", images, "-o", tmp_path / "out", "-m", tmp_path / "nope")
     assert str(tmp_path / "nope") in str(error.code)
     (model / "plans.json").unlink()
@@ -169,3 +167,92 @@ def test_split_images_from_subtype_table(tmp_path):
     ]
     with pytest.raises(ValueError, match="no train2 cases"):
         predictor.split_images(raw, tmp_path / "subtypes.csv", "train2")
+
+
+def tiny_predictor(mirror_batch: int):
+    """A MultiTaskPredictor around a tiny real network, results kept 'on the device' (the CPU
+    here), so nnU-Net's out-of-memory fallback path is the one taken."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from test_heads import make_multitask
+
+    net = make_multitask()
+    p = predictor.MultiTaskPredictor(
+        tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+        perform_everything_on_device=True, device=torch.device("cpu"), verbose=False,
+        allow_tqdm=False,
+    )
+    # nnU-Net sets this False for a CPU; True takes its out-of-memory fallback path here too
+    p.perform_everything_on_device = True
+    p.network = net
+    p.list_of_parameters = [net.state_dict()]
+    p.configuration_manager = SimpleNamespace(patch_size=[8, 16, 16])
+    p.label_manager = SimpleNamespace(num_segmentation_heads=3)
+    p.allowed_mirroring_axes = (0, 1, 2)
+    p.mirror_batch = mirror_batch
+    return p
+
+
+def run_with_oom(p, fail_on_call: int, max_batch: int | None = None):
+    """Predict a case whose forward pass runs out of memory from call `fail_on_call` on: once, or
+    (max_batch) for every batch larger than max_batch."""
+    import torch
+
+    forward = p.network.forward_multitask
+    calls = []
+
+    def tight(batch, *args, **kwargs):
+        calls.append(len(batch))
+        once = max_batch is None and len(calls) == fail_on_call
+        too_big = max_batch is not None and len(calls) >= fail_on_call and len(batch) > max_batch
+        if once or too_big:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(batch, *args, **kwargs)
+
+    p.network.forward_multitask = tight
+    data = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 12, 24, 24)).astype(np.float32))
+    logits = p.predict_logits_from_preprocessed_data(data)
+    return logits, p._evidence, p.last_subtype_probabilities, calls
+
+
+def assert_same_prediction(got, want):
+    import torch
+
+    torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-3)
+    assert got[1].keys() == want[1].keys()
+    for key in want[1]:
+        torch.testing.assert_close(got[1][key], want[1][key], rtol=1e-4, atol=1e-3, msg=key)
+    np.testing.assert_allclose(got[2], want[2], rtol=1e-4, atol=1e-5)
+
+
+def test_out_of_memory_backs_off_the_mirror_batch_without_double_counting():
+    clean = run_with_oom(tiny_predictor(8), fail_on_call=10**9)
+    p = tiny_predictor(8)
+    # after two tiles, only two mirrored copies fit in memory
+    result = run_with_oom(p, fail_on_call=3, max_batch=2)
+    assert p.mirror_batch == 2
+    assert result[3][:2] == [8, 8] and set(result[3][2:]) <= {8, 4, 2}
+    assert_same_prediction(result, clean)
+
+
+def test_out_of_memory_fallback_rerun_starts_from_no_evidence():
+    clean = run_with_oom(tiny_predictor(1), fail_on_call=10**9)
+    # mirror_batch 1 cannot back off: nnU-Net's fallback reruns the whole window after two tiles
+    result = run_with_oom(tiny_predictor(1), fail_on_call=2 * 8 + 1)
+    assert len(result[3]) == len(clean[3]) + 2 * 8 + 1
+    assert_same_prediction(result, clean)
+
+
+@pytest.mark.parametrize(
+    "checkpoint", ["checkpoint_best.pth", "checkpoint_latest.pth", "checkpoint_best_score.pth"]
+)
+def test_checkpoints_without_the_case_level_refit_are_refused(tmp_path, checkpoint, capsys):
+    model = fake_model(tmp_path / "models", checkpoint=checkpoint)
+    with pytest.raises(ValueError, match="case-level refit.*checkpoint_final.pth"):
+        predictor.load_predictor(model, [0], checkpoint, device="cpu")
+    error = run_cli("-i", image_folder(tmp_path / "in", ["a_0000.nii.gz"]), "-o", tmp_path / "out",
+                    "-m", model, "-chk", checkpoint)
+    assert error.code == 2
+    assert "case-level refit" in capsys.readouterr().err

@@ -49,10 +49,46 @@ def test_dry_run_lists_every_stage(tmp_path):
         assert f"rule {stage}:" in out, stage
 
 
-def test_dry_run_gpu_config(tmp_path):
+def snakemake_without_gpu(*args):
+    """Snakemake on this machine as a workstation without a GPU and without a cluster (no sbatch
+    on PATH, not in a Slurm job)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"])
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
+    )
+
+
+def test_dry_run_gpu_config_stops_without_data_dir(tmp_path):
+    start = time.monotonic()
     result = snakemake(
         "-n", "--cores", "2", "--configfile", "config/gpu.yaml",
         "--config", f"results_dir={tmp_path}/results",
+    )
+    assert result.returncode != 0
+    assert "config key data_dir is not set" in result.stdout + result.stderr
+    assert time.monotonic() - start < 60
+
+
+def test_dry_run_gpu_config_stops_without_cuda_naming_train_device(tmp_path, make_cohort):
+    from pancreas_mtl.gpu_slots import nvidia_gpu_count
+
+    if nvidia_gpu_count():
+        pytest.skip("this machine has an NVIDIA GPU")
+    result = snakemake_without_gpu(
+        "-n", "--cores", "2", "--configfile", "config/gpu.yaml",
+        "--config", f"results_dir={tmp_path}/results", f"data_dir={make_cohort()}",
+    )
+    assert result.returncode != 0
+    assert "config key train.device is 'cuda'" in result.stdout + result.stderr
+
+
+def test_dry_run_gpu_config(tmp_path, make_cohort):
+    result = snakemake_without_gpu(
+        "-n", "--cores", "2", "--configfile", "config/gpu.yaml",
+        "--config", f"results_dir={tmp_path}/results", f"data_dir={make_cohort()}",
+        "train={'device': 'cpu'}",
     )
     assert result.returncode == 0, result.stderr
     assert "nnUNetTrainerMultiTask__nnUNetResEncUNetMPlans__3d_fullres" in result.stdout

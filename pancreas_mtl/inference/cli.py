@@ -17,6 +17,7 @@ import sys
 from typing import Sequence
 
 from ..layout import check_model_folder, find_images, model_file_ending
+from ..nnunet_env import check_prediction_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-f", nargs="+", type=int, default=[0],
                         help="folds to use; several are ensembled (default: 0)")
     parser.add_argument("-chk", default="checkpoint_final.pth",
-                        help="checkpoint file name in each fold folder (default: checkpoint_final.pth)")
+                        help="checkpoint file name in each fold folder; only checkpoint_final.pth carries the "
+                        "subtype head's case-level refit (default: checkpoint_final.pth)")
     parser.add_argument("-device", default="auto",
                         help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--disable_tta", action="store_true",
@@ -57,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--step_size must be in (0, 1], got {args.step_size}")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
+    try:
+        check_prediction_checkpoint(args.chk)
+    except ValueError as error:
+        parser.error(str(error))
     try:
         check_model_folder(args.m, args.f, args.chk)
         images = find_images(args.i, model_file_ending(args.m))

@@ -3,7 +3,9 @@
 `MultiTaskPredictor` keeps nnU-Net's preprocessing, tiling, Gaussian weighting, mirroring and
 export; it only replaces the per-tile forward so the same forward passes also yield the head's
 evidence. Evidence is summed over tiles and mirrors (weighted like the logits, by the tile's
-Gaussian) and turned into subtype probabilities per fold; folds are averaged.
+Gaussian) and turned into subtype probabilities per fold; folds are averaged. After a device
+out-of-memory error the mirror batch is halved and the tile redone; nnU-Net's own fallback (the
+whole window again, results on the CPU) starts from no evidence.
 """
 
 from __future__ import annotations
@@ -21,13 +23,19 @@ import torch
 from nnunetv2.inference.export_prediction import export_prediction_from_logits
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+from nnunetv2.utilities.helpers import empty_cache
 
 from ..layout import prediction_row, raw_image, split_cases, write_prediction_table
-from ..nnunet_env import ensure_ext_trainer_path, resolve_device
+from ..nnunet_env import check_prediction_checkpoint, ensure_ext_trainer_path, resolve_device
 from ..progress import case_line, eta_seconds
 from ..training.heads import add_evidence
 
 logger = logging.getLogger(__name__)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is a device running out of memory (torch's own class, or its message)."""
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
 class MultiTaskPredictor(nnUNetPredictor):
@@ -55,9 +63,31 @@ class MultiTaskPredictor(nnUNetPredictor):
             device=device,
         )
 
+    def _internal_predict_sliding_window_return_logits(self, data, slicers, do_on_device: bool = True):
+        # nnU-Net reruns the whole window after an out-of-memory error (results on the CPU):
+        # every attempt starts from no evidence, so no tile is counted twice
+        self._evidence = None
+        return super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
+
     def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
         if not self.classify:
             return super()._internal_maybe_mirror_and_predict(x)
+        while True:
+            try:
+                prediction, evidence = self._mirror_and_predict(x)
+            except RuntimeError as error:
+                if not is_out_of_memory(error) or self.mirror_batch <= 1:
+                    raise
+                # fewer mirrored copies per forward pass: slower, same result
+                self.mirror_batch = max(1, self.mirror_batch // 2)
+                logger.warning("out of memory: mirror_batch lowered to %d", self.mirror_batch)
+                empty_cache(x.device)
+                continue
+            self._evidence = add_evidence(self._evidence, evidence)
+            return prediction
+
+    def _mirror_and_predict(self, x: torch.Tensor):
+        """One tile's mirror-averaged logits and its evidence, summed over the mirrored copies."""
         mirror_axes = self.allowed_mirroring_axes if self.use_mirroring else None
         gaussian = self._gaussian(x.device)
         weight = None if gaussian is None else gaussian[None, None].float()
@@ -65,21 +95,19 @@ class MultiTaskPredictor(nnUNetPredictor):
         if mirror_axes is not None:
             axes = [m + 2 for m in mirror_axes]
             flips += [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
-        prediction = None
+        prediction = evidence = None
         # mirrored copies go through the network as one batch: same result, far fewer calls
         for start in range(0, len(flips), self.mirror_batch):
             group = flips[start : start + self.mirror_batch]
             batch = torch.cat([torch.flip(x, f) if f else x for f in group])
             if self.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last_3d)
-            seg, evidence = self.network.forward_multitask(batch, voxel_weight=weight)
+            seg, ev = self.network(batch, voxel_weight=weight, multitask=True)
             for i, f in enumerate(group):
                 s = torch.flip(seg[i : i + 1], f) if f else seg[i : i + 1]
                 prediction = s if prediction is None else prediction + s
-            self._evidence = add_evidence(
-                self._evidence, {k: v.float().sum(0, keepdim=True) for k, v in evidence.items()}
-            )
-        return prediction / len(flips)
+            evidence = add_evidence(evidence, {k: v.float().sum(0, keepdim=True) for k, v in ev.items()})
+        return prediction / len(flips), evidence
 
     @torch.inference_mode()
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
@@ -126,6 +154,7 @@ def load_predictor(
     step_size: float = 0.5,
     mirror_batch: int = 8,
 ) -> MultiTaskPredictor:
+    check_prediction_checkpoint(checkpoint)
     ensure_ext_trainer_path()
     torch_device = resolve_device(device)
     predictor = MultiTaskPredictor(

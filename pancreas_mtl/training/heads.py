@@ -10,6 +10,7 @@ weighted by nnU-Net's Gaussian, as the logits are.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -44,20 +45,35 @@ def resize_weights(weights: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.adaptive_avg_pool3d(weights, tuple(size))
 
 
+def full_precision(device_type: str):
+    """A block where autocast is off, so the head's sums stay in fp32 inside an autocast region."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def weighted_moments(
     features: torch.Tensor, weights: torch.Tensor, spread_regions: Sequence[int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per region: sum of w*x, sum of w*x^2 and sum of w.
+    """Per region: sum of w*x, sum of w*x^2 and sum of w, in fp32 whatever the autocast.
 
     features (B, C, *s), weights (B, R, *s) -> (B, R, C), (B, R', C), (B, R, 1), where the
-    squares are summed for `spread_regions` only (R' of them; default all R).
+    squares are summed for `spread_regions` only (R' of them; default all R). Under CUDA autocast
+    a bmm runs in fp16, whose 65,504 sums of w*x^2 over a lesion's voxels easily pass.
     """
-    f = features.flatten(2).float()
-    w = weights.flatten(2).float().transpose(1, 2)
-    s1 = torch.bmm(f, w).transpose(1, 2)
-    w2 = w if spread_regions is None else w[:, :, list(spread_regions)]
-    s2 = torch.bmm(f * f, w2).transpose(1, 2)
+    with full_precision(features.device.type):
+        f = features.flatten(2).float()
+        w = weights.flatten(2).float().transpose(1, 2)
+        s1 = torch.bmm(f, w).transpose(1, 2)
+        w2 = w if spread_regions is None else w[:, :, list(spread_regions)]
+        s2 = torch.bmm(f * f, w2).transpose(1, 2)
     return s1, s2, w.sum(1).unsqueeze(-1)
+
+
+def finite_cases(evidence: Evidence) -> torch.Tensor:
+    """(B,) True where every evidence value of the case is finite."""
+    flags = [v.flatten(1).isfinite().all(1) for v in evidence.values()]
+    return torch.stack(flags).all(0)
 
 
 def region_weights(
@@ -94,7 +110,13 @@ class RunningStandardizer(nn.Module):
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
-        """Fold a batch (B, F) into the running statistics (a plain average for the first batches)."""
+        """Fold a batch (B, F) into the running statistics (a plain average for the first batches).
+
+        Rows with a non-finite value are left out: one NaN would stay in the statistics for good.
+        """
+        x = x[x.isfinite().all(1)].float()
+        if not len(x):
+            return
         self.num_updates += 1
         rate = max(1.0 / float(self.num_updates), self.momentum)
         self.running_mean.lerp_(x.mean(0), rate)
@@ -158,20 +180,24 @@ class LesionPoolingHead(nn.Module):
         lesion: torch.Tensor,
         voxel_weight: torch.Tensor | None = None,
     ) -> Evidence:
-        """Evidence from one tile. whole/lesion: (B, 1, *s) region weights at input resolution."""
-        weights = region_weights(whole.float(), lesion.float())
-        if voxel_weight is not None:
-            weights = weights * voxel_weight
+        """Evidence from one tile. whole/lesion: (B, 1, *s) region weights at input resolution.
+
+        Computed in fp32 whatever the autocast (weights and sums alike).
+        """
         maps = [image, *skips]
         s1, s2, totals = [], [], []
-        for stage in self.stages:
-            feats = maps[stage + 1]
-            a, b, t = weighted_moments(
-                feats, resize_weights(weights, feats.shape[2:]), self.spread_regions
-            )
-            s1.append(a)
-            s2.append(b)
-            totals.append(t)
+        with full_precision(image.device.type):
+            weights = region_weights(whole.float(), lesion.float())
+            if voxel_weight is not None:
+                weights = weights * voxel_weight.float()
+            for stage in self.stages:
+                feats = maps[stage + 1].float()
+                a, b, t = weighted_moments(
+                    feats, resize_weights(weights, feats.shape[2:]), self.spread_regions
+                )
+                s1.append(a)
+                s2.append(b)
+                totals.append(t)
         return {
             "sum": torch.cat(s1, -1),
             "sum_sq": torch.cat(s2, -1),
@@ -286,8 +312,9 @@ HEADS = {"lesion_pooling": LesionPoolingHead, "attention_fusion": AttentionFusio
 class MultiTaskUNet(nn.Module):
     """An nnU-Net encoder-decoder plus a subtype head on the same encoder.
 
-    `forward` returns segmentation logits only, so stock nnU-Net training loss, validation and
-    `nnUNetv2_predict` work unchanged; the head is reached through `forward_multitask`.
+    `forward(x)` returns segmentation logits only, so stock nnU-Net training loss, validation and
+    `nnUNetv2_predict` work unchanged; the head is reached through `forward_multitask`, or through
+    `forward` with regions or `multitask=True` (the way through a compiled module).
     """
 
     def __init__(self, unet: nn.Module, head: nn.Module, num_seg_outputs: int):
@@ -298,8 +325,23 @@ class MultiTaskUNet(nn.Module):
         # two outputs are nnU-Net regions (whole, lesion) with sigmoid; three are softmax labels
         self.regions = num_seg_outputs == 2
 
-    def forward(self, x: torch.Tensor):
-        return self.decoder(self.encoder(x))
+    def forward(
+        self,
+        x: torch.Tensor,
+        whole: torch.Tensor | None = None,
+        lesion: torch.Tensor | None = None,
+        voxel_weight: torch.Tensor | None = None,
+        encoder_gradient: float = 1.0,
+        multitask: bool = False,
+    ):
+        """Segmentation logits; with regions (or `multitask`), `forward_multitask`'s pair.
+
+        Calling the module rather than `forward_multitask` lets the multi-task pass go through
+        whatever wraps the network (torch.compile's OptimizedModule), as stock training does.
+        """
+        if whole is None and lesion is None and not multitask:
+            return self.decoder(self.encoder(x))
+        return self.forward_multitask(x, whole, lesion, voxel_weight, encoder_gradient)
 
     def region_probabilities(self, seg_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(whole pancreas, lesion) probabilities, each (B, 1, *s), from full-resolution logits."""

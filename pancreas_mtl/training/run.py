@@ -60,6 +60,10 @@ def train_fold(
         if resume:
             logger.info("resuming fold %s from checkpoint_latest.pth", fold)
         maybe_load_checkpoint(trainer, resume, False)
+        if torch.cuda.is_available():
+            # as stock run_training: cuDNN picks the fastest kernels for the fixed patch size
+            torch.backends.cudnn.deterministic = False
+            torch.backends.cudnn.benchmark = True
         trainer.run_training()
         if nnunet_validation:
             trainer.perform_actual_validation(False)

@@ -27,7 +27,7 @@ from ..nnunet_env import HEAD_TRAINERS
 from ..progress import epoch_line, eta_seconds
 from .case_evaluation import sliding_window_case
 from .early_stopping import stopping_state
-from .heads import HEADS, MultiTaskUNet, stage_channels
+from .heads import HEADS, MultiTaskUNet, finite_cases, stage_channels
 from .monitor import (
     MONITOR_PNG,
     classification_summary,
@@ -99,6 +99,22 @@ def reference_regions(target: torch.Tensor, regions: bool) -> tuple[torch.Tensor
     return (target > 0).float(), (target == 2).float()
 
 
+def refuse_distributed_training() -> None:
+    """Stop at once under nnU-Net's multi-GPU (DDP) training, which this trainer does not support.
+
+    The head's optimiser group, its running standardiser and the whole-case validation assume one
+    process; the workflow trains one fold per GPU instead.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        raise RuntimeError(
+            "nnUNetTrainerMultiTask trains on one GPU only: multi-GPU (DDP) training, "
+            "nnUNetv2_train -num_gpus > 1, is not supported. Train with -num_gpus 1; to use "
+            "several GPUs, train several folds at once (the workflow runs one fold per GPU)."
+        )
+
+
 class nnUNetTrainerMultiTask(nnUNetTrainer):
     """Segmentation plus lesion subtype, with the lesion-pooling head (the default)."""
 
@@ -112,6 +128,7 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
         dataset_json: dict,
         device: torch.device = torch.device("cuda"),
     ):
+        refuse_distributed_training()
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.settings: TrainerSettings = load_settings()
         s = self.settings
@@ -239,6 +256,13 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
         return dummy_context()
 
     def train_step(self, batch: dict) -> dict:
+        """nnU-Net's step plus the head's cross-entropy, through `self.network` (the compiled
+        module where nnU-Net compiles, so segmentation costs what stock's does).
+
+        A case whose head evidence or logits are not finite never reaches the standardiser, the
+        loss or the optimiser: the step's classification term is skipped and counted, and
+        segmentation trains exactly as it would without the head.
+        """
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
         target = (
@@ -252,20 +276,31 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
         )
         whole, lesion = reference_regions(full_target, self._model.regions)
         cls_weight = self.settings.cls_weight_at(self.current_epoch)
+        head = self._model.head
 
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            seg, evidence = self._model.forward_multitask(
+            seg, evidence = self.network(
                 data, whole, lesion, encoder_gradient=self.settings.head_encoder_gradient
             )
             seg_loss = self.loss(seg, target)
-        logits = self._model.head.classify(evidence)
-        has_lesion = self._model.head.lesion_voxels(evidence) >= 1
-        if has_lesion.any():
-            cls_loss = self.cls_loss(logits[has_lesion], labels[has_lesion])
+        head_finite = bool(finite_cases(evidence).all())
+        if head_finite:
+            logits = head.classify(evidence)
+            head_finite = bool(logits.isfinite().all())
+        if head_finite:
+            has_lesion = head.lesion_voxels(evidence) >= 1
+            if has_lesion.any():
+                cls_loss = self.cls_loss(logits[has_lesion], labels[has_lesion])
+            else:
+                cls_loss = logits.sum() * 0.0
+            loss = seg_loss + cls_weight * cls_loss
+            pred = torch.where(has_lesion, logits.argmax(1), torch.full_like(labels, -1))
         else:
-            cls_loss = logits.sum() * 0.0
-        loss = seg_loss + cls_weight * cls_loss
+            # 0 * NaN is NaN: the term is left out, not weighted down
+            cls_loss = torch.tensor(float("nan"))
+            loss = seg_loss
+            pred = torch.full_like(labels, -1)
 
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
@@ -277,11 +312,11 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
             loss.backward()
             self.clip_gradients()
             self.optimizer.step()
-        pred = torch.where(has_lesion, logits.argmax(1), torch.full_like(labels, -1))
         return {
             "loss": loss.detach().cpu().numpy(),
             "cls_loss": cls_loss.detach().cpu().numpy(),
             "pred": pred.cpu().numpy(),
+            "head_finite": head_finite,
         }
 
     def clip_gradients(self) -> None:
@@ -296,8 +331,17 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
     def on_train_epoch_end(self, train_outputs: list[dict]):
         super().on_train_epoch_end(train_outputs)
         preds = np.concatenate([o["pred"] for o in train_outputs])
+        nonfinite = sum(not o.get("head_finite", True) for o in train_outputs)
+        if nonfinite:
+            self.print_to_log_file(
+                f"WARNING: the subtype head gave non-finite values in {nonfinite} of "
+                f"{len(train_outputs)} training steps; their classification term was skipped "
+                "(segmentation trained as usual)"
+            )
+        cls_losses = [o["cls_loss"] for o in train_outputs if o.get("head_finite", True)]
         self._epoch_cls = {
-            "cls_loss": float(np.mean([o["cls_loss"] for o in train_outputs])),
+            "cls_loss": float(np.mean(cls_losses)) if cls_losses else float("nan"),
+            "head_nonfinite_steps": nonfinite,
             "cls_weight": self.settings.cls_weight_at(self.current_epoch),
             "train_pred_counts": np.bincount(preds[preds >= 0], minlength=self.num_subtypes).tolist(),
         }

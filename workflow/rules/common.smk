@@ -2,6 +2,7 @@ import os
 
 from snakemake.utils import validate
 
+from pancreas_mtl.gpu_slots import parse_time_device_problem
 from pancreas_mtl.job_resources import training_cpus, training_mem_mb
 from pancreas_mtl.layout import overlay_labels
 from pancreas_mtl.nnunet_env import (
@@ -14,6 +15,17 @@ from pancreas_mtl.nnunet_env import (
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 RESULTS = config["results_dir"]
+# config/gpu.yaml leaves data_dir empty: a forgotten override must not train on the demo
+if not config["data_dir"]:
+    raise WorkflowError(
+        "config key data_dir is not set: give the cohort's root folder, e.g. "
+        "--config data_dir=/path/to/cohort (data_dir=demo for the built-in demo cohort)"
+    )
+# an explicit CUDA device on a machine without a GPU stops here, not days into a CPU run
+if workflow.is_main_process:
+    DEVICE_PROBLEM = parse_time_device_problem(config["train"]["device"])
+    if DEVICE_PROBLEM:
+        raise WorkflowError(DEVICE_PROBLEM)
 DEMO = config["data_dir"] == "demo"
 DATA_DIR = f"{RESULTS}/demo/cohort" if DEMO else config["data_dir"]
 if not DEMO and not os.path.isdir(DATA_DIR):

@@ -21,5 +21,6 @@ if __name__ == "__main__":
         workers=snakemake.threads,
         n_subtypes=snakemake.params.n_subtypes,
         difficulty=snakemake.params.difficulty,
+        size=snakemake.params.size,
         test_labels_dir=snakemake.output.test_labels,
     )

@@ -1,0 +1,163 @@
+"""The multi-task train step, torch.compile, multi-GPU refusal and cuDNN set-up, on CPU with a
+tiny real nnU-Net network (no dataset, no GPU)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from pancreas_mtl.training import run
+from pancreas_mtl.training.heads import LesionPoolingHead, MultiTaskUNet, stage_channels
+from pancreas_mtl.training.settings import TrainerSettings
+from pancreas_mtl.training.trainer import nnUNetTrainerMultiTask
+from test_heads import image, make_unet, masks
+
+
+def multitask_net() -> MultiTaskUNet:
+    unet = make_unet(num_classes=2)  # two sigmoid regions: whole pancreas, lesion
+    return MultiTaskUNet(unet, LesionPoolingHead(stage_channels(unet, 1)), 2).train()
+
+
+def region_loss(seg, target):
+    return nn.functional.binary_cross_entropy_with_logits(seg, target)
+
+
+def make_trainer(network: nn.Module, epoch: int) -> nnUNetTrainerMultiTask:
+    """The trainer's step state without nnU-Net's dataset, plans or logger."""
+    trainer = nnUNetTrainerMultiTask.__new__(nnUNetTrainerMultiTask)
+    trainer.settings = TrainerSettings.from_dict({"cls_warmup_epochs": 2, "cls_ramp_epochs": 3})
+    trainer.network = network
+    trainer.is_ddp = False
+    trainer.device = torch.device("cpu")
+    trainer.current_epoch = epoch
+    trainer.initial_lr = 0.01
+    trainer.weight_decay = 3e-5
+    trainer.num_epochs = 10
+    trainer.subtype_of = {"a": 0, "b": 2}
+    trainer.cls_loss = nn.CrossEntropyLoss()
+    trainer.loss = region_loss
+    trainer.grad_scaler = None
+    trainer.optimizer, _ = trainer.configure_optimizers()
+    return trainer
+
+
+def batch() -> dict:
+    whole, lesion = masks()
+    return {"data": image(), "target": torch.cat([whole, lesion], 1), "keys": ["a", "b"]}
+
+
+def backbone(net: MultiTaskUNet) -> dict:
+    return {k: v for k, v in net.state_dict().items() if not k.startswith("head.")}
+
+
+def poison_head(net: MultiTaskUNet, value: float) -> None:
+    """Make the head's pooling return a non-finite second moment, as an fp16 overflow did."""
+    pool = net.head.pool
+
+    def bad_pool(*args, **kwargs):
+        evidence = pool(*args, **kwargs)
+        evidence["sum_sq"] = evidence["sum_sq"] + value
+        return evidence
+
+    net.head.pool = bad_pool
+
+
+@pytest.mark.parametrize("epoch", [0, 9])  # warm-up (weight 0) and full classification weight
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_head_never_reaches_segmentation_standardiser_or_optimiser(epoch, value):
+    net = multitask_net()
+    reference_net = copy.deepcopy(net)
+    head_before = copy.deepcopy(net.head.state_dict())
+    poison_head(net, value)
+    trainer = make_trainer(net, epoch)
+    out = trainer.train_step(batch())
+    assert torch.isfinite(torch.as_tensor(out["loss"]))
+
+    # segmentation takes exactly the step it takes with a working head (whose gradient stops at
+    # the encoder), i.e. stock nnU-Net's step
+    reference = make_trainer(reference_net, epoch)
+    reference.train_step(batch())
+    got, want = backbone(net), backbone(reference_net)
+    for key in want:
+        assert torch.isfinite(got[key].float()).all(), key
+        torch.testing.assert_close(got[key], want[key], msg=key)
+    # the head and its running standardiser are left as they were
+    for key, value_before in head_before.items():
+        torch.testing.assert_close(net.head.state_dict()[key], value_before, msg=key)
+    assert int(net.head.standardize.num_updates) == 0
+    assert out["head_finite"] is False and (out["pred"] == -1).all()
+
+
+def test_epoch_end_logs_and_records_non_finite_head_steps(monkeypatch):
+    trainer = make_trainer(multitask_net(), 0)
+    trainer.num_subtypes = 3
+    logged = []
+    trainer.print_to_log_file = lambda *args, **kwargs: logged.append(" ".join(map(str, args)))
+    monkeypatch.setattr(
+        "nnunetv2.training.nnUNetTrainer.nnUNetTrainer.nnUNetTrainer.on_train_epoch_end",
+        lambda self, outputs: None,
+    )
+    outputs = [
+        {"loss": 1.0, "cls_loss": 0.5, "pred": torch.tensor([0, 2]).numpy(), "head_finite": True},
+        {"loss": 1.0, "cls_loss": float("nan"), "pred": torch.tensor([-1, -1]).numpy(), "head_finite": False},
+    ]
+    trainer.on_train_epoch_end(outputs)
+    assert trainer._epoch_cls["head_nonfinite_steps"] == 1
+    assert trainer._epoch_cls["cls_loss"] == 0.5
+    assert any("non-finite" in line and "1 of 2" in line for line in logged)
+
+
+def test_training_goes_through_the_compiled_module():
+    traced = []
+
+    def counting_backend(graph_module, example_inputs):
+        traced.append(graph_module)
+        return graph_module.forward
+
+    net = multitask_net()
+    eager_net = copy.deepcopy(net)
+    # what nnU-Net's initialize does when _do_i_compile() is true (CUDA, nnUNet_compile unset)
+    compiled = torch.compile(net, backend=counting_backend)
+    trainer = make_trainer(compiled, 9)
+    torch.manual_seed(0)  # the same dropout mask in both steps
+    out = trainer.train_step(batch())
+    assert traced, "the train step bypassed the compiled module"
+    assert trainer._model is net
+    eager = make_trainer(eager_net, 9)
+    torch.manual_seed(0)
+    eager.train_step(batch())
+    for key, value in eager_net.state_dict().items():
+        torch.testing.assert_close(net.state_dict()[key], value, msg=key)
+
+
+def test_distributed_training_is_refused_at_start(monkeypatch):
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    with pytest.raises(RuntimeError, match="one GPU only.*-num_gpus 1"):
+        nnUNetTrainerMultiTask({}, "3d_fullres", 0, {}, torch.device("cpu"))
+
+
+def test_train_fold_turns_on_cudnn_benchmark_like_stock_run_training(monkeypatch, tmp_path):
+    import nnunetv2.run.run_training as run_training
+
+    seen = {}
+    trainer = SimpleNamespace(output_folder=str(tmp_path))
+    trainer.run_training = lambda: seen.update(benchmark=torch.backends.cudnn.benchmark)
+    monkeypatch.setattr(run_training, "get_trainer_from_args", lambda *a, **k: trainer)
+    monkeypatch.setattr(run_training, "maybe_load_checkpoint", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setenv("nnUNet_extTrainer", "")
+    monkeypatch.setenv("nnUNet_n_proc_DA", "1")
+    threads = torch.get_num_threads()
+    try:
+        final = run.train_fold(501, "3d_fullres", 0, "nnUNetPlans", {"device": "cpu"})
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == {"benchmark": True}
+    assert final == Path(tmp_path) / "checkpoint_final.pth"
