@@ -29,7 +29,6 @@ def case_features(results: Path, config: dict) -> dict:
     from pancreas_mtl.inference.predictor import load_predictor
     from pancreas_mtl.layout import read_subtypes
     from pancreas_mtl.nnunet_env import dataset_name, model_folder_name, plans_identifier, trainer_name
-    from pancreas_mtl.training.case_evaluation import sliding_window_case
 
     dataset = dataset_name(config["dataset"]["id"], config["dataset"]["name"])
     plans = plans_identifier(config["plan"]["planner"])
@@ -38,7 +37,6 @@ def case_features(results: Path, config: dict) -> dict:
     )
     predictor = load_predictor(model, [0], device="cpu", tta=False)
     net = predictor.network.eval()
-    patch_size = predictor.configuration_manager.patch_size
     preprocessed = results / "nnUNet_preprocessed" / dataset
     folder = str(preprocessed / predictor.configuration_manager.data_identifier)
     split = json.loads((preprocessed / "splits_final.json").read_text())[0]
@@ -48,7 +46,7 @@ def case_features(results: Path, config: dict) -> dict:
         for part in rows:
             cases = infer_dataset_class(folder)(folder, split[part])
             for key in split[part]:
-                _, evidence = sliding_window_case(net, cases.load_case(key)[0], patch_size, torch.device("cpu"))
+                _, evidence = predictor.case_logits_and_evidence(cases.load_case(key)[0])
                 hard = {k: v for k, v in evidence.items() if not k.startswith("soft_")}
                 rows[part].append({
                     "y": subtype[key],

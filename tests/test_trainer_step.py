@@ -7,6 +7,7 @@ import copy
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -161,3 +162,46 @@ def test_train_fold_turns_on_cudnn_benchmark_like_stock_run_training(monkeypatch
         torch.set_num_threads(threads)
     assert seen == {"benchmark": True}
     assert final == Path(tmp_path) / "checkpoint_final.pth"
+
+
+class OneCase:
+    """A preprocessed dataset of one case, as nnU-Net's dataset classes load it."""
+
+    data = np.random.default_rng(3).normal(size=(1, 12, 24, 24)).astype(np.float32)
+
+    def __init__(self, folder, keys):
+        pass
+
+    def load_case(self, key):
+        return self.data, np.zeros_like(self.data), None, None
+
+
+def test_refit_pools_each_case_as_deployment_does(monkeypatch):
+    """Issue 9, defect 7: the refit's features come from the deployment computation (Gaussian tile
+    weights, mirroring as predict.tta), not from a uniform, unmirrored tiling of its own."""
+    from pancreas_mtl.inference.predictor import MultiTaskPredictor
+    from test_inference import tiny_predictor
+
+    deployed = tiny_predictor(mirror_batch=8)
+    deployed.predict_logits_from_preprocessed_data(torch.from_numpy(OneCase.data))
+    with torch.no_grad():
+        want = deployed.network.hidden_features(deployed._evidence)[0].numpy()
+
+    trainer = make_trainer(deployed.network, epoch=5)
+    trainer.settings = TrainerSettings.from_dict({"refit_tta": True})
+    trainer.enable_deep_supervision = False
+    trainer.dataset_class, trainer.preprocessed_dataset_folder = OneCase, None
+    trainer.plans_manager = SimpleNamespace(
+        get_label_manager=lambda dataset_json: SimpleNamespace(num_segmentation_heads=3)
+    )
+    trainer.configuration_manager = deployed.configuration_manager
+    trainer.dataset_json = {}
+    trainer.inference_allowed_mirroring_axes = deployed.allowed_mirroring_axes
+    monkeypatch.setattr(nnUNetTrainerMultiTask, "set_deep_supervision_enabled", lambda self, enabled: None)
+    got = trainer.case_hidden_features(["a"])[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+    # without mirroring the features differ: the refit would fit what prediction never sees
+    trainer.settings = TrainerSettings.from_dict({"refit_tta": False})
+    assert not np.allclose(trainer.case_hidden_features(["a"])[0], want, rtol=1e-4, atol=1e-5)
+    assert MultiTaskPredictor.around_network  # the one computation both use

@@ -109,6 +109,33 @@ class MultiTaskPredictor(nnUNetPredictor):
             evidence = add_evidence(evidence, {k: v.float().sum(0, keepdim=True) for k, v in ev.items()})
         return prediction / len(flips), evidence
 
+    @classmethod
+    def around_network(
+        cls, network, plans_manager, configuration_manager, dataset_json: dict, device: torch.device,
+        mirror_axes: Sequence[int] | None, step_size: float = 0.5,
+    ) -> "MultiTaskPredictor":
+        """A predictor around a network in memory (a trainer's), computing as deployment does:
+        nnU-Net's tiling and Gaussian tile weights, autocast on CUDA, mirroring over `mirror_axes`
+        (None: none)."""
+        predictor = cls(
+            tile_step_size=step_size, use_gaussian=True, use_mirroring=mirror_axes is not None,
+            perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
+            verbose_preprocessing=False, allow_tqdm=False,
+        )  # fmt: skip
+        predictor.manual_initialization(
+            network, plans_manager, configuration_manager, None, dataset_json, "", mirror_axes
+        )
+        # the network as given: nnU-Net would compile it here when nnUNet_compile is set
+        predictor.network = network
+        return predictor
+
+    def case_logits_and_evidence(self, data) -> tuple[torch.Tensor, dict]:
+        """Segmentation logits (C, *shape, float, CPU) and summed head evidence of one
+        preprocessed case (C, *shape), one fold: the network as it stands."""
+        self._evidence = None
+        logits = self.predict_sliding_window_return_logits(torch.as_tensor(np.asarray(data)))
+        return logits.float().cpu(), self._evidence
+
     @torch.inference_mode()
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
         """Fold-averaged logits; subtype probabilities land in `last_subtype_probabilities`."""

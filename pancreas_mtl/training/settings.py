@@ -49,6 +49,7 @@ class TrainerSettings:
     early_stopping: EarlyStopping
     case_level_refit: bool
     refit_c: float
+    refit_tta: bool
     case_validation_every: int
     checkpoint_every: int
     progress_png_every: int

@@ -25,7 +25,6 @@ from ..evaluation.metrics import dice
 from ..layout import DEFAULT_NUM_SUBTYPES, NUM_SUBTYPES_KEY, read_num_subtypes, read_subtypes
 from ..nnunet_env import HEAD_TRAINERS
 from ..progress import epoch_line, eta_seconds
-from .case_evaluation import sliding_window_case
 from .early_stopping import stopping_state
 from .heads import HEADS, MultiTaskUNet, finite_cases, stage_channels
 from .monitor import (
@@ -352,18 +351,29 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
         if self.current_epoch % every == 0 or self.current_epoch == self.num_epochs - 1:
             self._epoch_cls.update(self.evaluate_validation_cases())
 
+    def case_predictor(self, mirroring: bool):
+        """Whole preprocessed cases through the deployment computation (`MultiTaskPredictor`:
+        Gaussian tiles, autocast on CUDA), with the uncompiled network as it stands; mirrored over
+        the trainer's inference axes if asked."""
+        from ..inference.predictor import MultiTaskPredictor
+
+        return MultiTaskPredictor.around_network(
+            self._model, self.plans_manager, self.configuration_manager, self.dataset_json, self.device,
+            self.inference_allowed_mirroring_axes if mirroring else None,
+        )  # fmt: skip
+
     def evaluate_validation_cases(self) -> dict:
-        """Whole-case DSC and subtype metrics on the validation split, as at inference."""
+        """Whole-case DSC and subtype metrics on the validation split, computed as at inference
+        (without mirroring: this runs every `case_validation_every` epochs)."""
         dataset = self.dataset_class(self.preprocessed_dataset_folder, self.val_keys)
         self.set_deep_supervision_enabled(False)
+        predictor = self.case_predictor(mirroring=False)
         whole_dsc, lesion_dsc, logits, labels = [], [], [], []
         try:
             for key in self.val_keys:
                 data, seg, _, _ = dataset.load_case(key)
-                seg_logits, evidence = sliding_window_case(
-                    self._model, data, self.configuration_manager.patch_size, self.device
-                )
-                whole, lesion = self._model.region_probabilities(torch.from_numpy(seg_logits)[None])
+                seg_logits, evidence = predictor.case_logits_and_evidence(data)
+                whole, lesion = self._model.region_probabilities(seg_logits[None])
                 ref = np.asarray(seg)[0]
                 whole_dsc.append(dice(whole[0, 0].numpy() > 0.5, ref > 0))
                 lesion_dsc.append(dice(lesion[0, 0].numpy() > 0.5, ref == 2))
@@ -502,18 +512,17 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
         super().on_train_end()
 
     def case_hidden_features(self, keys: list[str]) -> np.ndarray:
-        """Head activations per whole case, with the network's own predicted regions."""
+        """Head activations per whole case, with the network's own predicted regions, pooled as at
+        deployment (mirrored when `refit_tta`)."""
         dataset = self.dataset_class(self.preprocessed_dataset_folder, keys)
         self.network.eval()
         self.set_deep_supervision_enabled(False)
+        predictor = self.case_predictor(mirroring=self.settings.refit_tta)
         features = []
         try:
             with torch.no_grad():
                 for key in keys:
-                    data = dataset.load_case(key)[0]
-                    _, evidence = sliding_window_case(
-                        self._model, data, self.configuration_manager.patch_size, self.device
-                    )
+                    _, evidence = predictor.case_logits_and_evidence(dataset.load_case(key)[0])
                     features.append(self._model.hidden_features(evidence)[0].float().cpu().numpy())
         finally:
             self.set_deep_supervision_enabled(self.enable_deep_supervision)
