@@ -320,3 +320,35 @@ def test_report_holds_every_plot(demo_run, tmp_path):
     for name in gallery["name"]:
         assert f"{name}.png" in text, name
     assert '"labels": {"rank": "001"' in text
+
+
+@pytest.mark.workflow
+@pytest.mark.realsize
+def test_gpu_recipe_on_cpu_at_real_size(tmp_path):
+    """config/gpu.yaml's recipe end to end on CPU, on real-size cases: ResEnc M plans and patch,
+    3d_fullres, a cut schedule, the case-level refit, prediction with mirroring, evaluation."""
+    results = tmp_path / "results"
+    result = snakemake(
+        "--cores", "2", "all",
+        "--configfile", "config/gpu.yaml", str(REPO / "tests" / "data" / "gpu_recipe_cpu.yaml"),
+        "--config", f"results_dir={results}",
+        timeout=3600,
+    )  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    preprocessed = results / "nnUNet_preprocessed" / "Dataset501_PancreasMTL"
+    plans = json.loads((preprocessed / "nnUNetResEncUNetMPlans.json").read_text())
+    patch = plans["configurations"]["3d_fullres"]["patch_size"]
+    # the real cohort's scale: a patch near 64 x 128 x 192
+    assert patch[0] >= 48 and patch[1] >= 96 and patch[2] >= 144, patch
+    for split in ("validation", "test"):
+        table = pd.read_csv(results / "predictions" / split / "subtype_results.csv")
+        probabilities = table.filter(like="prob_subtype").to_numpy()
+        assert len(table) and np.isfinite(probabilities).all()
+        np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
+        for name in table["Names"]:
+            mask = nib.load(results / "predictions" / split / name)
+            image_name = name.replace(".nii.gz", "_0000.nii.gz")
+            (image,) = (results / "demo" / "cohort" / split).rglob(image_name)
+            assert mask.get_data_dtype() == np.uint8 and mask.shape == nib.load(image).shape
+    summary = json.loads((results / "metrics" / "summary.json").read_text())
+    assert np.isfinite([summary["whole_pancreas_dsc"], summary["lesion_dsc"], summary["macro_f1"]]).all()
