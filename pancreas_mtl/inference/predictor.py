@@ -21,9 +21,17 @@ from nnunetv2.inference.export_prediction import export_prediction_from_logits
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 
-from ..layout import prediction_row, raw_image, split_cases, write_prediction_table
+from ..layout import (
+    find_images,
+    model_file_ending,
+    prediction_row,
+    raw_image,
+    split_cases,
+    write_prediction_table,
+)
 from ..nnunet_env import ensure_ext_trainer_path, resolve_device
 from ..training.heads import add_evidence
+from .model_package import installed_model, model_folds
 
 logger = logging.getLogger(__name__)
 
@@ -165,9 +173,14 @@ def predict_cases(
     rows = []
     file_ending = predictor.dataset_json["file_ending"]
     for case_id, image in images:
-        probs = predictor.predict_case(
-            image, os.fspath(output_dir / case_id) if write_masks else None
-        )
+        try:
+            probs = predictor.predict_case(
+                image, os.fspath(output_dir / case_id) if write_masks else None
+            )
+        except Exception as error:
+            raise RuntimeError(
+                f"{image}: prediction of case {case_id} failed ({type(error).__name__}: {error})"
+            ) from error
         rows.append(prediction_row(case_id, probs, file_ending))
         logger.info("%s: subtype %d %s", case_id, rows[-1]["Subtype"], np.round(probs, 3))
     table = pd.DataFrame(rows)
@@ -201,3 +214,48 @@ def predict_split(
     torch.set_num_threads(max(1, threads))
     predictor = load_predictor(model_folder, folds, checkpoint, device, tta, step_size, mirror_batch)
     return predict_cases(predictor, split_images(raw_dataset_dir, subtype_table, split), output_dir)
+
+
+def check_images(images: Iterable[tuple[str, str | os.PathLike]]) -> None:
+    """ValueError naming every image whose header does not load or that is not one 3-D volume."""
+    import nibabel as nib
+
+    problems = []
+    for _, image in images:
+        try:
+            shape = nib.load(image).shape
+        except Exception as error:  # nibabel raises many types for damaged files
+            problems.append(f"{image}: does not load as an image ({type(error).__name__}: {error})")
+            continue
+        if len(shape) != 3:
+            problems.append(
+                f"{image}: shape {tuple(shape)} is not one 3-D volume (one CT channel per file)"
+            )
+    if problems:
+        raise ValueError("\n".join(problems))
+
+
+def predict_images(
+    model_root: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    checkpoint: str = "checkpoint_final.pth",
+    device: str = "auto",
+    tta: bool = True,
+    step_size: float = 0.5,
+    threads: int = 1,
+    mirror_batch: int = 8,
+) -> pd.DataFrame:
+    """Masks and subtypes for every `<case>_0000` image in a folder tree, with an imported model.
+
+    `model_root` is where `import_model` put the model; every fold it holds is ensembled. Images
+    are checked before the model is loaded.
+    """
+    model_folder = installed_model(model_root)
+    folds = model_folds(model_folder, checkpoint)
+    images = find_images(data_dir, model_file_ending(model_folder), recursive=True)
+    check_images(images)
+    logger.info("%d images from %s, model %s, folds %s", len(images), data_dir, model_folder, folds)
+    torch.set_num_threads(max(1, threads))
+    predictor = load_predictor(model_folder, folds, checkpoint, device, tta, step_size, mirror_batch)
+    return predict_cases(predictor, images, output_dir)
