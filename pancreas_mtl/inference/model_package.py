@@ -216,7 +216,9 @@ def import_model(
                 raise ModelError(str(error).replace(f"{staging}{os.sep}", f"{source}:")) from None
         else:
             raise ModelError(f"model {source} is neither a model folder nor a zip file")
-        if destination.exists() or destination.is_symlink():
+        if destination.is_symlink() or destination.is_file():
+            destination.unlink()
+        elif destination.exists():
             shutil.rmtree(destination)
         os.replace(staging, destination)
     except BaseException:
