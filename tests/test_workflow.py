@@ -87,7 +87,8 @@ def test_bad_config_value_names_the_key(tmp_path):
 
 
 def _jobs(output: str) -> set[str]:
-    return set(re.findall(r"^rule (\w+):", output, re.MULTILINE))
+    """Rules of the jobs Snakemake lists (`rule x:` in a dry run, `localrule x:` when run locally)."""
+    return set(re.findall(r"^(?:local)?rule (\w+):", output, re.MULTILINE))
 
 
 def test_predict_only_dry_run_shows_only_prediction_jobs(tmp_path):
@@ -326,7 +327,8 @@ def test_pack_then_predict_only_on_loose_images_reproduces_the_full_run(demo_run
         config = ["--configfile", str(TINY), "--config", f"results_dir={fresh}", f"model={model}",
                   f"data_dir={images}"]
         result = snakemake("--cores", "2", *config)
-        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+        logs = "".join(f"{p}:\n{p.read_text()[-2000:]}" for p in sorted((fresh / "logs").rglob("*.log")))
+        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:] + logs
         assert _jobs(result.stdout + result.stderr) == {"import_model", "predict_images", "all"}
         table, masks = _read_predictions(fresh / "predictions/test")
         assert list(pd.read_csv(fresh / "predictions/test/subtype_results.csv").columns) == [
