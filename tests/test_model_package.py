@@ -95,6 +95,7 @@ def test_import_unpacks_a_zip_and_links_a_folder(tmp_path):
     from_folder = import_model(model, tmp_path / "b" / "model")
     assert from_folder.is_symlink() and from_folder.resolve() == model.resolve()
     assert model_folds(from_folder) == [0, 1]
+    assert installed_model(tmp_path / "b" / "model") == from_folder
     # the results tree above a single model is accepted too
     assert import_model(tmp_path / "nnUNet_results", tmp_path / "c").resolve() == model.resolve()
     # importing again replaces the earlier import
