@@ -145,18 +145,55 @@ def model_file_ending(model_folder: str | os.PathLike) -> str:
     return json.loads(dataset_json.read_text()).get("file_ending", FILE_ENDING)
 
 
-def find_images(input_folder: str | os.PathLike, file_ending: str = FILE_ENDING) -> list[tuple[str, Path]]:
-    """(case_id, image) for every `<case>_0000<file_ending>` in a folder, sorted by case id."""
+def find_images(
+    input_folder: str | os.PathLike, file_ending: str = FILE_ENDING, recursive: bool = False
+) -> list[tuple[str, Path]]:
+    """(case_id, image) for every `<case>_0000<file_ending>` in a folder, sorted by case id.
+
+    With `recursive`, in the whole folder tree (hidden files and folders skipped); there a case id
+    found twice, or a second channel (`<case>_0001<file_ending>` beside `<case>_0000`), is a
+    ValueError naming the files, since a model of this workflow reads one CT channel per case.
+    """
     input_folder = Path(input_folder)
     if not input_folder.is_dir():
         raise FileNotFoundError(f"input folder {input_folder} does not exist")
     suffix = image_file_name("", file_ending)
-    images = sorted(
-        (p.name[: -len(suffix)], p) for p in input_folder.iterdir() if p.name.endswith(suffix) and p.is_file()
-    )
+    if not recursive:
+        images = sorted(
+            (p.name[: -len(suffix)], p) for p in input_folder.iterdir() if p.name.endswith(suffix) and p.is_file()
+        )
+    else:
+        images = _find_images_in_tree(input_folder, file_ending)
     if not images:
-        raise FileNotFoundError(f"input folder {input_folder} holds no *{suffix} images")
+        where = "folder tree" if recursive else "folder"
+        raise FileNotFoundError(f"input {where} {input_folder} holds no *{suffix} images")
     return images
+
+
+def _find_images_in_tree(root: Path, file_ending: str) -> list[tuple[str, Path]]:
+    suffix = image_file_name("", file_ending)
+    channel = re.compile(rf"^(.+)_(\d{{4}}){re.escape(file_ending)}$")
+    found: dict[str, Path] = {}
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        names = {n for n in names if not n.startswith(".") and (Path(folder) / n).is_file()}
+        for name in sorted(names):
+            match = channel.match(name)
+            if match is None:
+                continue
+            case_id, index = match.groups()
+            if index != IMAGE_SUFFIX[1:] and image_file_name(case_id, file_ending) in names:
+                raise ValueError(
+                    f"{Path(folder) / name}: a second input channel (_{index}) of case {case_id}; "
+                    f"the model reads one CT channel per case (*{suffix} only)"
+                )
+            if index != IMAGE_SUFFIX[1:]:
+                continue
+            path = Path(folder) / name
+            if case_id in found:
+                raise ValueError(f"{path}: case {case_id} found twice (also {found[case_id]})")
+            found[case_id] = path
+    return sorted(found.items())
 
 
 # the subtype table: case_id, split, subtype (empty for test cases)

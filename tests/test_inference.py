@@ -256,3 +256,89 @@ def test_checkpoints_without_the_case_level_refit_are_refused(tmp_path, checkpoi
                     "-m", model, "-chk", checkpoint)
     assert error.code == 2
     assert "case-level refit" in capsys.readouterr().err
+
+
+def test_find_images_in_a_tree_of_any_layout(tmp_path):
+    root = image_folder(tmp_path / "images", ["b_0000.nii.gz", "notes.txt", ".DS_Store"])
+    image_folder(root / "site1" / "2024", ["a_0000.nii.gz", "a.nii.gz"])
+    image_folder(root / "site2", ["c_0000.nii.gz", "c_0000.nii"])
+    image_folder(root / ".hidden", ["d_0000.nii.gz"])
+    assert cli.find_images(root, recursive=True) == [
+        ("a", root / "site1" / "2024" / "a_0000.nii.gz"),
+        ("b", root / "b_0000.nii.gz"),
+        ("c", root / "site2" / "c_0000.nii.gz"),
+    ]
+    # a mask named like a channel of another case is no channel: case quiz_0001 has no _0000 image
+    image_folder(root / "site3", ["quiz_0001_0000.nii.gz", "quiz_0001.nii.gz"])
+    assert [c for c, _ in cli.find_images(root, recursive=True)] == ["a", "b", "c", "quiz_0001"]
+
+
+def test_find_images_in_a_tree_names_second_channels_and_duplicates(tmp_path):
+    root = image_folder(tmp_path / "images", ["a_0000.nii.gz"])
+    image_folder(root / "x", ["b_0000.nii.gz", "b_0001.nii.gz"])
+    with pytest.raises(ValueError, match=r"x/b_0001.nii.gz: a second input channel \(_0001\) of case b"):
+        cli.find_images(root, recursive=True)
+    (root / "x" / "b_0001.nii.gz").unlink()
+    image_folder(root / "y", ["a_0000.nii.gz"])
+    with pytest.raises(ValueError, match=r"y/a_0000.nii.gz: case a found twice \(also .*images/a_0000.nii.gz\)"):
+        cli.find_images(root, recursive=True)
+    empty = image_folder(tmp_path / "empty" / "deep", ["scan.nii.gz"]).parent
+    with pytest.raises(FileNotFoundError, match=f"input folder tree {empty} holds no \\*_0000.nii.gz images"):
+        cli.find_images(empty, recursive=True)
+
+
+def test_check_images_names_unloadable_and_4d_images(tmp_path, nifti):
+    good = nifti.save(tmp_path / "a_0000.nii.gz", nifti.image(0))
+    four_d = nifti.save(tmp_path / "b_0000.nii.gz", np.zeros((4, 4, 4, 2), dtype=np.float32))
+    broken = tmp_path / "c_0000.nii.gz"
+    broken.write_bytes(b"not an image")
+    predictor.check_images([("a", good)])
+    with pytest.raises(ValueError) as error:
+        predictor.check_images([("a", good), ("b", four_d), ("c", broken)])
+    lines = str(error.value).splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{four_d}: shape (4, 4, 4, 2) is not one 3-D volume")
+    assert lines[1].startswith(f"{broken}: does not load as an image")
+
+
+def test_predict_images_uses_every_fold_of_the_imported_model(tmp_path, monkeypatch, nifti):
+    model = fake_model(tmp_path / "model", folds=(0, 2))
+    images = tmp_path / "images"
+    nifti.save(images / "p" / "b_0000.nii.gz", nifti.image(1))
+    nifti.save(images / "q" / "r" / "a_0000.nii.gz", nifti.image(2))
+    calls = {}
+
+    def fake_load(model_folder, folds, checkpoint, device, tta, step_size, mirror_batch):
+        calls["load"] = (Path(model_folder), list(folds), checkpoint, device, tta, step_size, mirror_batch)
+        return "predictor"
+
+    def fake_predict(loaded, pairs, output_dir, write_masks=True):
+        calls["predict"] = (loaded, list(pairs), Path(output_dir), write_masks)
+
+    monkeypatch.setattr(predictor, "load_predictor", fake_load)
+    monkeypatch.setattr(predictor, "predict_cases", fake_predict)
+    monkeypatch.setattr(predictor.torch, "set_num_threads", lambda n: calls.setdefault("threads", n))
+    predictor.predict_images(tmp_path / "model", images, tmp_path / "out", device="cpu", tta=False,
+                             step_size=0.25, threads=3, mirror_batch=2)
+    assert calls["load"] == (model, [0, 2], "checkpoint_final.pth", "cpu", False, 0.25, 2)
+    assert calls["predict"] == (
+        "predictor",
+        [("a", images / "q" / "r" / "a_0000.nii.gz"), ("b", images / "p" / "b_0000.nii.gz")],
+        tmp_path / "out",
+        True,
+    )
+    assert calls["threads"] == 3
+    (images / "p" / "b_0000.nii.gz").write_bytes(b"broken")
+    calls.clear()
+    with pytest.raises(ValueError, match="b_0000.nii.gz: does not load"):
+        predictor.predict_images(tmp_path / "model", images, tmp_path / "out")
+    assert "load" not in calls
+
+
+def test_predict_cases_names_the_image_of_a_failing_case(tmp_path):
+    class Failing(FakePredictor):
+        def predict_case(self, image, output_truncated):
+            raise MemoryError("out of memory")
+
+    with pytest.raises(RuntimeError, match="x_0000.nii.gz: prediction of case quiz_001 failed \\(MemoryError"):
+        predictor.predict_cases(Failing(), [("quiz_001", "x_0000.nii.gz")], tmp_path / "out")

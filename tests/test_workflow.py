@@ -3,10 +3,12 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -120,6 +122,42 @@ def test_bad_config_value_names_the_key(tmp_path):
     result = snakemake("-n", "--config", "train={'epochs': 'ten'}", f"results_dir={tmp_path}")
     assert result.returncode != 0
     assert "epochs" in result.stdout + result.stderr
+
+
+def _jobs(output: str) -> set[str]:
+    """Rules of the jobs Snakemake lists (`rule x:` in a dry run, `localrule x:` when run locally)."""
+    return set(re.findall(r"^(?:local)?rule (\w+):", output, re.MULTILINE))
+
+
+def test_predict_only_dry_run_shows_only_prediction_jobs(tmp_path):
+    images = tmp_path / "images"
+    for name in ("site1/2024/a_0000.nii.gz", "site2/b_0000.nii.gz", "c_0000.nii.gz", "notes.txt"):
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        (images / name).write_bytes(b"")
+    model = tmp_path / "model.zip"
+    model.write_bytes(b"")
+    results = tmp_path / "results"
+    config = [f"results_dir={results}", f"model={model}", f"data_dir={images}"]
+    result = snakemake("-n", "--cores", "2", "--config", *config)
+    assert result.returncode == 0, result.stderr
+    assert _jobs(result.stdout) == {"import_model", "predict_images", "all"}
+    for name in ("site1/2024/a_0000.nii.gz", "site2/b_0000.nii.gz", "c_0000.nii.gz"):
+        assert str(images / name) in result.stdout
+    assert f"output: {results}/predictions/test" in result.stdout
+
+    (images / "site2" / "b_0001.nii.gz").write_bytes(b"")
+    result = snakemake("-n", "--cores", "2", "--config", *config)
+    assert result.returncode != 0
+    assert f"{images}/site2/b_0001.nii.gz: a second input channel" in result.stdout + result.stderr
+    result = snakemake("-n", "--config", f"results_dir={results}", f"model={tmp_path}/absent.zip",
+                       f"data_dir={images}")
+    assert result.returncode != 0
+    assert f"config key model: '{tmp_path}/absent.zip' does not exist" in result.stdout + result.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = snakemake("-n", "--config", f"results_dir={results}", f"model={model}", f"data_dir={empty}")
+    assert result.returncode != 0
+    assert f"{empty} holds no *_0000.nii.gz images" in result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -352,3 +390,54 @@ def test_gpu_recipe_on_cpu_at_real_size(tmp_path):
             assert mask.get_data_dtype() == np.uint8 and mask.shape == nib.load(image).shape
     summary = json.loads((results / "metrics" / "summary.json").read_text())
     assert np.isfinite([summary["whole_pancreas_dsc"], summary["lesion_dsc"], summary["macro_f1"]]).all()
+
+
+
+
+def _read_predictions(folder: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    table = pd.read_csv(folder / "subtype_results.csv").set_index("Names").sort_index()
+    masks = {name: np.asarray(nib.load(folder / name).dataobj) for name in table.index}
+    return table, masks
+
+
+@pytest.mark.workflow
+def test_pack_then_predict_only_on_loose_images_reproduces_the_full_run(demo_run, tmp_path):
+    result = snakemake("--cores", "2", "pack", "--configfile", str(TINY), "--config", f"results_dir={demo_run}")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    packed = demo_run / "package" / f"{_model_dir(demo_run).name}.zip"
+    top = f"Dataset501_PancreasMTL/{_model_dir(demo_run).name}"
+    names = set(zipfile.ZipFile(packed).namelist())
+    assert {f"{top}/plans.json", f"{top}/dataset.json", f"{top}/dataset_fingerprint.json",
+            f"{top}/fold_0/checkpoint_final.pth"} <= names
+    assert not any("fold_1" in n or "checkpoint_latest" in n for n in names)
+
+    # the demo's test images, loose in nested folders of another layout, with a stray file
+    images = tmp_path / "new_images"
+    for i, image in enumerate(sorted((demo_run / "demo/cohort/test").glob("*_0000.nii.gz"))):
+        target = images / f"site{i % 2}" / f"batch{i}" / image.name
+        target.parent.mkdir(parents=True)
+        shutil.copy(image, target)
+    (images / "site0" / "notes.txt").write_text("not an image")
+    expected_table, expected_masks = _read_predictions(demo_run / "predictions/test")
+    assert len(expected_masks) == 3
+
+    for model in (packed, _model_dir(demo_run)):
+        fresh = tmp_path / f"fresh_{model.suffix or 'folder'}" / "results"
+        config = ["--configfile", str(TINY), "--config", f"results_dir={fresh}", f"model={model}",
+                  f"data_dir={images}"]
+        result = snakemake("--cores", "2", *config)
+        logs = "".join(f"{p}:\n{p.read_text()[-2000:]}" for p in sorted((fresh / "logs").rglob("*.log")))
+        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:] + logs
+        assert _jobs(result.stdout + result.stderr) == {"import_model", "predict_images", "all"}
+        table, masks = _read_predictions(fresh / "predictions/test")
+        assert list(pd.read_csv(fresh / "predictions/test/subtype_results.csv").columns) == [
+            "Names", "Subtype", "prob_subtype0", "prob_subtype1", "prob_subtype2"]
+        assert list(table.index) == list(expected_table.index)
+        assert table["Subtype"].tolist() == expected_table["Subtype"].tolist()
+        assert np.allclose(table.filter(like="prob_"), expected_table.filter(like="prob_"), atol=1e-5)
+        for name, mask in masks.items():
+            assert np.array_equal(mask, expected_masks[name]), name
+        # nothing of the training pipeline ran
+        assert sorted(p.name for p in fresh.iterdir()) == ["benchmarks", "logs", "model", "predictions"]
+        again = snakemake("-n", "--cores", "2", *config)
+        assert "Nothing to be done" in again.stdout + again.stderr

@@ -25,10 +25,18 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from nnunetv2.utilities.helpers import empty_cache
 
-from ..layout import prediction_row, raw_image, split_cases, write_prediction_table
+from ..layout import (
+    find_images,
+    model_file_ending,
+    prediction_row,
+    raw_image,
+    split_cases,
+    write_prediction_table,
+)
 from ..nnunet_env import check_prediction_checkpoint, ensure_ext_trainer_path, resolve_device
 from ..progress import case_line, eta_seconds
 from ..training.heads import add_evidence
+from .model_package import installed_model, model_folds
 
 logger = logging.getLogger(__name__)
 
@@ -231,9 +239,14 @@ def predict_cases(
     with logging_redirect_tqdm(), tqdm(images, desc="predicting", unit="case", disable=None) as bar:
         for index, (case_id, image) in enumerate(bar):
             start = time.perf_counter()
-            probs = predictor.predict_case(
-                image, os.fspath(output_dir / case_id) if write_masks else None
-            )
+            try:
+                probs = predictor.predict_case(
+                    image, os.fspath(output_dir / case_id) if write_masks else None
+                )
+            except Exception as error:
+                raise RuntimeError(
+                    f"{image}: prediction of case {case_id} failed ({type(error).__name__}: {error})"
+                ) from error
             durations.append(time.perf_counter() - start)
             rows.append(prediction_row(case_id, probs, file_ending))
             logger.info(case_line(index, len(images), case_id, rows[-1]["Subtype"], probs, durations[-1],
@@ -269,3 +282,48 @@ def predict_split(
     torch.set_num_threads(max(1, threads))
     predictor = load_predictor(model_folder, folds, checkpoint, device, tta, step_size, mirror_batch)
     return predict_cases(predictor, split_images(raw_dataset_dir, subtype_table, split), output_dir)
+
+
+def check_images(images: Iterable[tuple[str, str | os.PathLike]]) -> None:
+    """ValueError naming every image whose header does not load or that is not one 3-D volume."""
+    import nibabel as nib
+
+    problems = []
+    for _, image in images:
+        try:
+            shape = nib.load(image).shape
+        except Exception as error:  # nibabel raises many types for damaged files
+            problems.append(f"{image}: does not load as an image ({type(error).__name__}: {error})")
+            continue
+        if len(shape) != 3:
+            problems.append(
+                f"{image}: shape {tuple(shape)} is not one 3-D volume (one CT channel per file)"
+            )
+    if problems:
+        raise ValueError("\n".join(problems))
+
+
+def predict_images(
+    model_root: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    checkpoint: str = "checkpoint_final.pth",
+    device: str = "auto",
+    tta: bool = True,
+    step_size: float = 0.5,
+    threads: int = 1,
+    mirror_batch: int = 8,
+) -> pd.DataFrame:
+    """Masks and subtypes for every `<case>_0000` image in a folder tree, with an imported model.
+
+    `model_root` is where `import_model` put the model; every fold it holds is ensembled. Images
+    are checked before the model is loaded.
+    """
+    model_folder = installed_model(model_root)
+    folds = model_folds(model_folder, checkpoint)
+    images = find_images(data_dir, model_file_ending(model_folder), recursive=True)
+    check_images(images)
+    logger.info("%d images from %s, model %s, folds %s", len(images), data_dir, model_folder, folds)
+    torch.set_num_threads(max(1, threads))
+    predictor = load_predictor(model_folder, folds, checkpoint, device, tta, step_size, mirror_batch)
+    return predict_cases(predictor, images, output_dir)

@@ -4,7 +4,7 @@ from snakemake.utils import validate
 
 from pancreas_mtl.gpu_slots import parse_time_device_problem
 from pancreas_mtl.job_resources import training_cpus, training_mem_mb
-from pancreas_mtl.layout import overlay_labels
+from pancreas_mtl.layout import find_images, overlay_labels
 from pancreas_mtl.nnunet_env import (
     dataset_name,
     model_folder_name,
@@ -27,6 +27,12 @@ if workflow.is_main_process:
     if DEVICE_PROBLEM:
         raise WorkflowError(DEVICE_PROBLEM)
 DEMO = config["data_dir"] == "demo"
+# a trained model given: predict the images of data_dir only (workflow/rules/model.smk)
+PREDICT_ONLY = bool(config["model"])
+if PREDICT_ONLY and DEMO:
+    raise WorkflowError(
+        "config key data_dir: with model set, give a folder of *_0000.nii.gz images to predict"
+    )
 DATA_DIR = f"{RESULTS}/demo/cohort" if DEMO else config["data_dir"]
 if not DEMO and not os.path.isdir(DATA_DIR):
     raise WorkflowError(f"config key data_dir: {DATA_DIR!r} is not a directory")
@@ -49,11 +55,27 @@ PRE = f"{PRE_ROOT}/{DATASET}"
 PLANS = plans_identifier(config["plan"]["planner"])
 CONFIGURATION = config["plan"]["configuration"]
 TRAINER = trainer_name(config["train"]["head"])
-MODEL = f"{MODEL_ROOT}/{DATASET}/{model_folder_name(TRAINER, PLANS, CONFIGURATION)}"
+MODEL_NAME = model_folder_name(TRAINER, PLANS, CONFIGURATION)
+MODEL = f"{MODEL_ROOT}/{DATASET}/{MODEL_NAME}"
 FOLDS = config["train"]["folds"]
 NNUNET_PATHS = {"raw": RAW_ROOT, "preprocessed": PRE_ROOT, "results": MODEL_ROOT}
 ENV_NNUNET = "../../envs/nnunet.yaml"
 ENV_TOOLS = "../../envs/tools.yaml"
+
+# predict-only: where import_model puts the model, and the images of data_dir (any layout)
+IMPORTED_MODEL = f"{RESULTS}/model"
+if PREDICT_ONLY:
+    if not os.path.exists(config["model"]):
+        raise WorkflowError(f"config key model: {config['model']!r} does not exist")
+    _imported = os.path.realpath(IMPORTED_MODEL)
+    if os.path.commonpath([os.path.realpath(config["model"]), _imported]) == _imported:
+        raise WorkflowError(
+            f"config key model: {config['model']!r} lies in {IMPORTED_MODEL}, which import_model replaces"
+        )
+    try:
+        IMAGES = find_images(DATA_DIR, recursive=True)
+    except (FileNotFoundError, ValueError) as error:
+        raise WorkflowError(f"config key data_dir: {error}")
 
 # CPUs and memory of a training job follow its augmentation workers
 TRAIN_CPUS = training_cpus(
@@ -62,14 +84,16 @@ TRAIN_CPUS = training_cpus(
 TRAIN_MEM_MB = training_mem_mb(config["train"]["data_augmentation_workers"])
 
 
-# light steps run in the Snakemake process, never as a cluster job
-localrules:
-    write_splits,
-    evaluate_validation,
-    plot_case_overlays,
-    plot_test_overlays,
-    plot_training,
-    baseline_classifier,
+# light steps run in the Snakemake process, never as a cluster job (model.smk names its own)
+if not PREDICT_ONLY:
+
+    localrules:
+        write_splits,
+        evaluate_validation,
+        plot_case_overlays,
+        plot_test_overlays,
+        plot_training,
+        baseline_classifier,
 
 
 def cohort_files():
