@@ -360,7 +360,6 @@ def test_report_holds_every_plot(demo_run, tmp_path):
     assert '"labels": {"rank": "001"' in text
 
 
-@pytest.mark.workflow
 @pytest.mark.realsize
 def test_gpu_recipe_on_cpu_at_real_size(tmp_path):
     """config/gpu.yaml's recipe end to end on CPU, on real-size cases: ResEnc M plans and patch,
