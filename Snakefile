@@ -38,3 +38,4 @@ else:
         default_target: True
         input:
             rules.evaluate.input,
+            rules.pack.input,
