@@ -11,7 +11,7 @@ beside its augmentation worker, and nnU-Net's progress.png and the monitor plot 
 every epoch. Figures from different machines differ several-fold (AVX-512 or not, core count,
 load); read the ratios, which come from one run on one machine.
 
-Usage: python benchmarks/demo_speed.py [--epochs 6] [--repeats 1] [--cores 2] [--pipeline]
+Usage: python benchmarks/demo_speed.py [--epochs 6] [--repeats 1] [--cores 2] [--arms before,new] [--pipeline]
                                        [--workdir DIR] [--json OUT]
 """
 
@@ -54,8 +54,17 @@ def cpu_description() -> dict:
 
 
 def arms(cores: int) -> dict[str, dict]:
-    """`train` overrides per arm."""
-    return {"before": {"torch_threads": cores, "progress_png_every": 1}, "new": {}}
+    """`train` overrides per arm: the settings before issue 14, today's defaults, and the
+    alternatives measured for them."""
+    return {
+        "before": {"torch_threads": cores, "progress_png_every": 1},
+        "new": {},
+        # one PyTorch thread, the other core left to the augmentation worker
+        "one_thread": {"torch_threads": 1},
+        # augmentation in the training process (nnUNet_n_proc_DA=0): no worker, no pin-memory thread
+        "in_process_augmentation": {"data_augmentation_workers": 0},
+        "no_refit_tta": {"refit_tta": False},
+    }
 
 
 def snakemake(cores: int, results: Path, target: str, train: dict | None = None) -> float:
@@ -74,8 +83,9 @@ def snakemake(cores: int, results: Path, target: str, train: dict | None = None)
     return time.perf_counter() - start
 
 
-def train_arm(results: Path, models: Path, train: dict, cores: int) -> list[float]:
-    """Train fold 0 in a fresh process; the seconds of each epoch, from nnU-Net's timestamps."""
+def train_arm(results: Path, models: Path, train: dict, cores: int) -> tuple[list[float], float]:
+    """Train fold 0 in a fresh process: the seconds of each epoch (nnU-Net's timestamps) and the
+    seconds outside them (start-up and the case-level refit)."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     code = f"""
 import sys, json
@@ -87,12 +97,16 @@ train_fold({config["dataset"]["id"]}, {config["plan"]["configuration"]!r}, 0,
            plans_identifier({config["plan"]["planner"]!r}), json.loads({json.dumps(json.dumps(train))}),
            threads={cores})
 """
+    start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
     import torch
 
     (final,) = models.rglob("fold_0/checkpoint_final.pth")
     logging = torch.load(final, map_location="cpu", weights_only=False)["logging"]
-    return [e - s for s, e in zip(logging["epoch_start_timestamps"], logging["epoch_end_timestamps"])]
+    epochs = [e - s for s, e in zip(logging["epoch_start_timestamps"], logging["epoch_end_timestamps"])]
+    # what the epochs leave of the process's wall time: start-up, then the case-level refit
+    return epochs, wall - sum(epochs)
 
 
 def main() -> None:
@@ -100,6 +114,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6, help="epochs per training arm (first one left out)")
     parser.add_argument("--repeats", type=int, default=1, help="alternating rounds of the training arms")
     parser.add_argument("--cores", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--arms", default="before,new", help=f"comma-separated, of: {', '.join(arms(2))}")
     parser.add_argument("--pipeline", action="store_true", help="also time the whole pipeline per arm")
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="write the figures here too")
@@ -112,29 +127,34 @@ def main() -> None:
 
     shared = work / "shared"
     snakemake(args.cores, shared, "preprocess")
-    epochs: dict[str, list[float]] = {name: [] for name in arms(args.cores)}
+    chosen = {name: arms(args.cores)[name] for name in args.arms.split(",")}
+    epochs: dict[str, list[float]] = {name: [] for name in chosen}
     for round_ in range(args.repeats):
-        for name, overrides in arms(args.cores).items():
+        for name, overrides in chosen.items():
             train = {**yaml.safe_load((REPO / "config" / "config.yaml").read_text())["train"], **overrides}
             train["epochs"] = args.epochs
-            seconds = train_arm(shared, work / f"models_{name}_{round_}", train, args.cores)
+            seconds, outside = train_arm(shared, work / f"models_{name}_{round_}", train, args.cores)
             epochs[name] += seconds[1:]
-            print(f"{name}: {np.median(seconds[1:]):.1f} s/epoch (round {round_ + 1})", flush=True)
+            figures[f"{name}_seconds_outside_epochs"] = outside
+            print(f"{name}: {np.median(seconds[1:]):.1f} s/epoch, {outside:.0f} s outside the epochs "
+                  f"(start-up, refit; round {round_ + 1})", flush=True)
     for name, seconds in epochs.items():
         figures[f"{name}_seconds_per_epoch"] = float(np.median(seconds))
-    figures["epoch_ratio_new_vs_before"] = figures["new_seconds_per_epoch"] / figures["before_seconds_per_epoch"]
-    print(
-        f"training: before {figures['before_seconds_per_epoch']:.1f} s/epoch, "
-        f"new {figures['new_seconds_per_epoch']:.1f} s/epoch, ratio {figures['epoch_ratio_new_vs_before']:.2f}"
-    )
+    first = next(iter(chosen))
+    for name in chosen:
+        ratio = figures[f"{name}_seconds_per_epoch"] / figures[f"{first}_seconds_per_epoch"]
+        figures[f"epoch_ratio_{name}_vs_{first}"] = ratio
+        print(f"training {name}: {figures[f'{name}_seconds_per_epoch']:.1f} s/epoch, {ratio:.2f}x {first}")
 
     if args.pipeline:
-        for name, overrides in arms(args.cores).items():
+        for name, overrides in chosen.items():
             seconds = snakemake(args.cores, work / f"pipeline_{name}", "all", overrides)
             figures[f"{name}_pipeline_seconds"] = seconds
             print(f"pipeline {name}: {seconds:.0f} s", flush=True)
-        figures["pipeline_ratio_new_vs_before"] = figures["new_pipeline_seconds"] / figures["before_pipeline_seconds"]
-        print(f"pipeline ratio new/before: {figures['pipeline_ratio_new_vs_before']:.2f}")
+        for name in chosen:
+            ratio = figures[f"{name}_pipeline_seconds"] / figures[f"{first}_pipeline_seconds"]
+            figures[f"pipeline_ratio_{name}_vs_{first}"] = ratio
+            print(f"pipeline {name}: {ratio:.2f}x {first}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
 

@@ -24,14 +24,3 @@ def training_mem_mb(augmentation_workers: int) -> int:
     """Memory (MB) of a training job: the training process plus each augmentation worker."""
     return TRAINING_BASE_MEM_MB + MEM_MB_PER_WORKER * augmentation_workers
 
-
-def training_torch_threads(torch_threads: int, threads: int, augmentation_workers: int) -> int:
-    """PyTorch threads of a training process on CPU.
-
-    `torch_threads` 0 leaves the job's other cores to its augmentation workers: on two cores a
-    trainer with two threads beside a worker process runs a third of its time in the kernel,
-    switching between them.
-    """
-    if torch_threads > 0:
-        return torch_threads
-    return max(1, threads - augmentation_workers)

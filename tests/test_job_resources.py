@@ -1,6 +1,6 @@
 """CPUs and memory of training jobs follow the augmentation workers."""
 
-from pancreas_mtl.job_resources import training_cpus, training_mem_mb, training_torch_threads
+from pancreas_mtl.job_resources import training_cpus, training_mem_mb
 
 
 def test_every_worker_gets_a_cpu_beside_the_training_process():
@@ -15,12 +15,3 @@ def test_memory_grows_with_workers():
     assert training_mem_mb(12) == 42000
     assert training_mem_mb(13) - training_mem_mb(12) == 2500
 
-
-def test_torch_threads_leave_the_workers_their_cores():
-    # auto: the job's threads minus the augmentation workers, never below one
-    assert training_torch_threads(0, threads=2, augmentation_workers=1) == 1
-    assert training_torch_threads(0, threads=8, augmentation_workers=2) == 6
-    assert training_torch_threads(0, threads=2, augmentation_workers=4) == 1
-    assert training_torch_threads(0, threads=2, augmentation_workers=0) == 2
-    # an explicit value wins
-    assert training_torch_threads(3, threads=2, augmentation_workers=1) == 3

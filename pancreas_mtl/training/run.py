@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from ..job_resources import training_torch_threads
 from ..nnunet_env import ensure_ext_trainer_path, resolve_device, trainer_name, trainer_settings
 from .settings import TrainerSettings, settings_from_config, train_section
 
@@ -37,7 +36,9 @@ def train_fold(
     os.environ["nnUNet_n_proc_DA"] = str(train["data_augmentation_workers"])
     torch_device = resolve_device(train["device"])
     if torch_device.type == "cpu":
-        n = training_torch_threads(train["torch_threads"], threads, train["data_augmentation_workers"])
+        # the job's threads unless torch_threads says otherwise: one thread beside the augmentation
+        # worker made the demo's epochs 1.6x slower on an idle 2-core machine (docs/performance.md)
+        n = train["torch_threads"] or max(1, threads)
         torch.set_num_threads(n)
         logger.info("training on CPU with %d PyTorch thread(s)", n)
     settings = settings_from_config(train)
