@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -55,11 +56,21 @@ def snakemake_without_gpu(*args):
     """Snakemake on this machine as a workstation without a GPU and without a cluster (no sbatch
     on PATH, not in a Slurm job)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"])
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
-    )
+    # the system's tools, but not Slurm's client commands (CI installs Slurm into /usr/bin)
+    tools = Path(tempfile.mkdtemp(prefix="no_slurm_bin_"))
+    for folder in ("/usr/bin", "/bin"):
+        for tool in Path(folder).iterdir():
+            if not tool.name.startswith(("sbatch", "srun", "salloc", "squeue", "scancel", "sacct", "sinfo")):
+                if not (tools / tool.name).exists():
+                    (tools / tool.name).symlink_to(tool)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), str(tools)])
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "snakemake", *args],
+            cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
+        )
+    finally:
+        shutil.rmtree(tools)
 
 
 def test_dry_run_gpu_config_stops_without_data_dir(tmp_path):
