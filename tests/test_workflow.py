@@ -431,7 +431,11 @@ def test_pack_then_predict_only_on_loose_images_reproduces_the_full_run(demo_run
     expected_table, expected_masks = _read_predictions(demo_run / "predictions/test")
     assert len(expected_masks) == 3
 
-    for model in (packed, _model_dir(demo_run)):
+    # the results folder as it was packed: another test trains fold 1 into the same folder, and a
+    # model folder's every fold is used
+    folder = tmp_path / "model" / _model_dir(demo_run).name
+    shutil.copytree(_model_dir(demo_run), folder, ignore=shutil.ignore_patterns("fold_1"))
+    for model in (packed, folder):
         fresh = tmp_path / f"fresh_{model.suffix or 'folder'}" / "results"
         config = ["--configfile", str(TINY), "--config", f"results_dir={fresh}", f"model={model}",
                   f"data_dir={images}"]
