@@ -139,8 +139,8 @@ class MultiTaskPredictor(nnUNetPredictor):
 
     def case_logits_and_evidence(self, data) -> tuple[torch.Tensor, dict]:
         """Segmentation logits (C, *shape, float, CPU) and summed head evidence of one
-        preprocessed case (C, *shape), one fold: the network as it stands."""
-        self._evidence = None
+        preprocessed case (C, *shape), one fold: the network as it stands (each sliding-window
+        attempt starts from no evidence)."""
         logits = self.predict_sliding_window_return_logits(torch.as_tensor(np.asarray(data)))
         return logits.float().cpu(), self._evidence
 
