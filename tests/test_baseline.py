@@ -192,44 +192,57 @@ def subtype_case(subtype, rng):
     return image + rng.normal(0, 3.0, image.shape), labels
 
 
-def test_run_baseline_writes_valid_json(tmp_path):
+def test_run_baseline_fits_on_predicted_training_masks(tmp_path):
+    """Issue 11: the baseline is fitted on the training cases' predicted masks, as the workflow's
+    classifier is, scored on validation and (labels given) test, with bootstrap intervals."""
     raw, predictions = tmp_path / "raw", tmp_path / "predictions"
+    test_labels = tmp_path / "test_labels"
     rng = np.random.default_rng(0)
     rows = []
-    for index in range(33):
-        subtype, split = index % 3, "train" if index < 30 else "validation"
+    for index in range(36):
+        subtype = index % 3
+        split = "train" if index < 30 else "validation" if index < 33 else "test"
         case_id = f"case_{index:02d}"
         image, labels = subtype_case(subtype, rng)
-        write_case(raw, case_id, image, labels)
-        if split == "validation":
-            predicted = labels.copy()
-            if subtype == 0:
-                # The predictor misses this lesion: features stay finite, the case still gets a subtype.
-                predicted[predicted == 2] = 1
-            save_nifti(predictions / f"{case_id}.nii.gz", predicted.astype(np.uint8))
-        rows.append((case_id, split, subtype))
-    rows.append(("case_99", "test", None))
+        if split == "test":
+            save_nifti(raw / "imagesTs" / f"{case_id}_0000.nii.gz", image.astype(np.float32))
+            save_nifti(test_labels / f"subtype{subtype}" / f"{case_id}.nii.gz", labels.astype(np.uint8))
+        else:
+            write_case(raw, case_id, image, labels)
+        predicted = labels.copy()
+        if split == "train" and subtype == 1:
+            # the training cases' predicted masks miss the lesion of every subtype-1 case: fitted
+            # on them, the baseline cannot learn subtype 1 from the lesion as the reference shows it
+            predicted[predicted == 2] = 1
+        if split == "validation" and subtype == 0:
+            # The predictor misses this lesion: features stay finite, the case still gets a subtype.
+            predicted[predicted == 2] = 1
+        save_nifti(predictions / split / f"{case_id}.nii.gz", predicted.astype(np.uint8))
+        rows.append((case_id, split, None if split == "test" else subtype))
     table = tmp_path / "subtypes.csv"
     pd.DataFrame(rows, columns=["case_id", "split", "subtype"]).astype({"subtype": "Int64"}).to_csv(
         table, index=False
     )
 
     output = tmp_path / "metrics" / "baseline.json"
-    summary = run_baseline(raw, table, predictions, output, seed=0)
+    summary = run_baseline(raw, table, predictions / "train", predictions / "validation", output, seed=0,
+                           test_prediction_dir=predictions / "test", test_labels_dir=test_labels)  # fmt: skip
     assert json.loads(output.read_text()) == json.loads(json.dumps(summary))
-    assert summary["n_train"] == 30 and summary["n_validation"] == 3
+    assert summary["n_train"] == 30 and summary["n_validation"] == 3 and summary["n_test"] == 3
     assert summary["features"] == list(FEATURES)
+    assert summary["fitted_on"] == "predicted masks of the training cases"
     validation = {"case_30", "case_31", "case_32"}
     for name in ("logistic_regression", "random_forest"):
-        reference = summary[name]["reference_masks"]
-        assert reference["predictions"] == {"case_30": 0, "case_31": 1, "case_32": 2}
-        assert reference["macro_f1"] == pytest.approx(1.0)
         assert set(summary[name]["predicted_masks"]["predictions"]) == validation
-        assert summary[name]["predicted_masks"]["predictions"]["case_32"] == 2
+        assert set(summary[name]["test"]["predicted_masks"]["predictions"]) == {"case_33", "case_34", "case_35"}
+        for metrics in (summary[name]["predicted_masks"], summary[name]["test"]["reference_masks"]):
+            low, high = metrics["macro_f1_ci95"]
+            assert 0 <= low <= high <= 1
+        assert summary[name]["reference_masks"]["predictions"]["case_32"] == 2
 
 
 def test_run_baseline_needs_every_predicted_mask(tmp_path):
     table = tmp_path / "subtypes.csv"
     table.write_text("case_id,split,subtype\na,train,0\nb,train,1\nc,validation,1\n")
     with pytest.raises(ValueError, match="predicted mask"):
-        run_baseline(tmp_path, table, tmp_path / "predictions", tmp_path / "out.json")
+        run_baseline(tmp_path, table, tmp_path / "predictions", tmp_path / "predictions", tmp_path / "out.json")

@@ -188,7 +188,12 @@ def tiny_predictor(mirror_batch: int):
     p.perform_everything_on_device = True
     p.network = net
     p.list_of_parameters = [net.state_dict()]
-    p.configuration_manager = SimpleNamespace(patch_size=[8, 16, 16])
+    p.configuration_manager = SimpleNamespace(
+        patch_size=[8, 16, 16], normalization_schemes=["CTNormalization"], spacing=[2.5, 1.5, 1.5]
+    )
+    p.plans_manager = SimpleNamespace(
+        foreground_intensity_properties_per_channel={"0": {"mean": 60.0, "std": 40.0}}
+    )
     p.label_manager = SimpleNamespace(num_segmentation_heads=3)
     p.allowed_mirroring_axes = (0, 1, 2)
     p.mirror_batch = mirror_batch

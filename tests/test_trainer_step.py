@@ -192,16 +192,18 @@ def test_refit_pools_each_case_as_deployment_does(monkeypatch):
     trainer.enable_deep_supervision = False
     trainer.dataset_class, trainer.preprocessed_dataset_folder = OneCase, None
     trainer.plans_manager = SimpleNamespace(
-        get_label_manager=lambda dataset_json: SimpleNamespace(num_segmentation_heads=3)
+        get_label_manager=lambda dataset_json: SimpleNamespace(num_segmentation_heads=3),
+        foreground_intensity_properties_per_channel=deployed.plans_manager.foreground_intensity_properties_per_channel,
     )
     trainer.configuration_manager = deployed.configuration_manager
     trainer.dataset_json = {}
     trainer.inference_allowed_mirroring_axes = deployed.allowed_mirroring_axes
     monkeypatch.setattr(nnUNetTrainerMultiTask, "set_deep_supervision_enabled", lambda self, enabled: None)
-    got = trainer.case_hidden_features(["a"])[0]
+    got, descriptor = trainer.case_features(["a"])
+    got = got[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
     # without mirroring the features differ: the refit would fit what prediction never sees
     trainer.settings = TrainerSettings.from_dict({"refit_tta": False})
-    assert not np.allclose(trainer.case_hidden_features(["a"])[0], want, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(trainer.case_features(["a"])[0][0], want, rtol=1e-4, atol=1e-5)
     assert MultiTaskPredictor.around_network  # the one computation both use

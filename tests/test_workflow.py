@@ -267,6 +267,17 @@ def test_metrics_and_benchmark(demo_run):
     assert list((demo_run / "demo/cohort/test").glob("*_0000.nii.gz"))
     assert not [p for p in (demo_run / "demo/cohort/test").iterdir() if not p.name.endswith("_0000.nii.gz")
                 and p.name.endswith(".nii.gz")]
+    # the case stage was chosen on training cases and classifies; the baseline beside it was
+    # fitted on the training cases' predicted masks and scored on test as well
+    refit = json.loads((_model_dir(demo_run) / "fold_0/case_level_refit.json").read_text())
+    assert refit["case_stage"]["feature_set"] in ("descriptor", "descriptor_and_image_statistics")
+    assert refit["n_train"] == 9
+    assert len(list((demo_run / "predictions/train").glob("*.nii.gz"))) == 9
+    baseline = json.loads((demo_run / "metrics/baseline.json").read_text())
+    assert baseline["fitted_on"] == "predicted masks of the training cases" and baseline["n_test"] == 3
+    for model in ("logistic_regression", "random_forest"):
+        low, high = baseline[model]["test"]["predicted_masks"]["macro_f1_ci95"]
+        assert 0 <= low <= high <= 1
     speed = json.loads((demo_run / "benchmark/inference_speed.json").read_text())
     for key in ("cases", "device", "stock_seconds", "two_pass_seconds", "multitask_seconds",
                 "speedup_vs_stock", "speedup_vs_two_pass", "mask_dice_vs_stock",

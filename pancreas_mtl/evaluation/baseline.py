@@ -1,8 +1,11 @@
 """Baseline subtype classifiers on nine hand-made lesion features, to compare with the learned head.
 
-A logistic regression and a random forest are fitted on features of the training cases' reference masks
-and scored on the validation cases twice: with the predicted masks (what the learned head sees at test
-time) and with the reference masks (an oracle segmentation, for reference).
+A logistic regression and a random forest are fitted on features of the training cases' predicted
+masks (the final model's predictions of its own training cases: the same way the workflow's
+classifier is fitted) and scored on the validation cases, and on the test cases where their labels
+are known, twice: with the predicted masks (what the classifier sees at test time) and with the
+reference masks (an oracle segmentation, for reference). Every macro-F1 carries a 95% percentile
+bootstrap interval over cases.
 
 Empty-mask convention, so that every feature is finite: a case without lesion voxels gets the
 parenchyma mean as its lesion mean, hence zero contrasts, and zero std, volume, fill and components.
@@ -27,7 +30,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..layout import mask_file_name, raw_image, raw_label, read_subtype_table, table_num_subtypes
-from .metrics import classification_metrics, load_label_map
+from .metrics import bootstrap_ci, classification_metrics, load_label_map
 
 log = logging.getLogger(__name__)
 
@@ -185,60 +188,92 @@ def _split_cases(table: pd.DataFrame, split: str) -> pd.DataFrame:
     return cases
 
 
+def _with_interval(metrics: dict, y_true: np.ndarray, num_subtypes: int) -> dict:
+    """Add `macro_f1_ci95`, a percentile bootstrap interval over cases, to one model's metrics."""
+    predicted = np.array([metrics["predictions"][c] for c in metrics["predictions"]])
+
+    def statistic(a, b):
+        return classification_metrics(a, b, range(num_subtypes))["macro_f1"]
+
+    metrics["macro_f1_ci95"] = list(bootstrap_ci((np.asarray(y_true), predicted), statistic))
+    return metrics
+
+
 def run_baseline(
     raw_dataset_dir: str | os.PathLike,
     subtype_table: str | os.PathLike,
+    train_prediction_dir: str | os.PathLike,
     prediction_dir: str | os.PathLike,
     output_json: str | os.PathLike,
     seed: int = 0,
+    test_prediction_dir: str | os.PathLike | None = None,
+    test_labels_dir: str | os.PathLike | None = None,
 ) -> dict:
-    """Fit on the training split's reference masks; score validation on predicted and reference masks.
+    """Fit on the training split's predicted masks; score validation (and test) on predicted and
+    reference masks.
 
-    Images are ``imagesTr/<case>_0000.nii.gz`` and reference masks ``labelsTr/<case>.nii.gz`` of the
-    nnU-Net raw dataset; predicted masks are ``<case>.nii.gz`` in `prediction_dir`. Writes `output_json`
-    and returns ``{model: {"predicted_masks": metrics, "reference_masks": metrics}, "n_train",
-    "n_validation", "features", "seed"}``, metrics as in `fit_and_evaluate`.
+    Images are ``imagesTr/<case>_0000.nii.gz`` (``imagesTs`` for test) of the nnU-Net raw dataset,
+    reference masks ``labelsTr/<case>.nii.gz`` (test: `test_labels_dir`), predicted masks
+    ``<case>.nii.gz`` in `train_prediction_dir`, `prediction_dir` (validation) and
+    `test_prediction_dir`. Writes `output_json` and returns ``{model: {"predicted_masks": metrics,
+    "reference_masks": metrics, "test": {...the same...}}, "n_train", "n_validation", "n_test",
+    "features", "fitted_on", "seed"}``, metrics as in `fit_and_evaluate` plus `macro_f1_ci95`.
     """
-    raw, prediction_dir = Path(raw_dataset_dir), Path(prediction_dir)
+    from .validation import test_references
+
+    raw = Path(raw_dataset_dir)
     table = read_subtype_table(subtype_table)
     train, validation = _split_cases(table, "train"), _split_cases(table, "validation")
-
     num_subtypes = table_num_subtypes(subtype_table)
 
-    def image(case_id):
-        return raw_image(raw, case_id, "train")
+    def predicted_masks(folder, cases):
+        paths = {c: Path(folder) / mask_file_name(c) for c in cases}
+        missing = [str(p) for p in paths.values() if not p.is_file()]
+        if missing:
+            raise ValueError(f"predicted mask(s) not found: {missing}")
+        return paths
 
-    def reference(case_id):
-        return raw_label(raw, case_id)
-
-    def predicted(case_id):
-        return prediction_dir / mask_file_name(case_id)
-
-    missing = [str(predicted(c)) for c in validation["case_id"] if not predicted(c).is_file()]
-    if missing:
-        raise ValueError(f"predicted mask(s) not found: {missing}")
-
-    train_features = cohort_features((c, image(c), reference(c)) for c in train["case_id"])
-    log.info("training features of %d cases:\n%s", len(train_features), train_features.to_string())
+    train_masks = predicted_masks(train_prediction_dir, train["case_id"])
+    train_features = cohort_features((c, raw_image(raw, c, "train"), train_masks[c]) for c in train["case_id"])
+    log.info("training features of %d cases (predicted masks):\n%s", len(train_features), train_features.to_string())
     models = _fit_models(train_features, train["subtype"].to_numpy(dtype=int), seed)
 
-    y_validation = validation["subtype"].to_numpy(dtype=int)
+    splits = {"validation": (
+        [(c, raw_image(raw, c, "train"), raw_label(raw, c), int(s))
+         for c, s in zip(validation["case_id"], validation["subtype"])],
+        prediction_dir,
+    )}  # fmt: skip
+    if test_prediction_dir is not None and test_labels_dir:
+        labelled = [(c, raw_image(raw, c, "test"), m, s)
+                    for c, m, s in test_references(test_labels_dir, subtype_table) if s is not None]  # fmt: skip
+        if labelled:
+            splits["test"] = (labelled, test_prediction_dir)
+
     results = {name: {} for name in MODELS}
-    for masks, mask_path in (
-        ("predicted_masks", predicted),
-        ("reference_masks", reference),
-    ):
-        features = cohort_features((c, image(c), mask_path(c)) for c in validation["case_id"])
-        log.info("validation features with %s:\n%s", masks.replace("_", " "), features.to_string())
-        for name, metrics in _score_models(models, features, y_validation, num_subtypes).items():
-            results[name][masks] = metrics
-            log.info("%s on %s: macro-F1 %.3f", name, masks.replace("_", " "), metrics["macro_f1"])
+    counts = {}
+    for split, (cases, folder) in splits.items():
+        counts[split] = len(cases)
+        y = np.array([s for *_, s in cases], dtype=int)
+        predicted = predicted_masks(folder, [c for c, *_ in cases])
+        for masks, mask_of in (("predicted_masks", predicted.__getitem__), ("reference_masks", None)):
+            features = cohort_features(
+                (c, image, mask_of(c) if mask_of else reference) for c, image, reference, _ in cases
+            )
+            log.info("%s features with %s:\n%s", split, masks.replace("_", " "), features.to_string())
+            for name, metrics in _score_models(models, features, y, num_subtypes).items():
+                metrics = _with_interval(metrics, y, num_subtypes)
+                target = results[name] if split == "validation" else results[name].setdefault(split, {})
+                target[masks] = metrics
+                log.info("%s, %s, %s: macro-F1 %.3f [%.3f, %.3f]", name, split, masks.replace("_", " "),
+                         metrics["macro_f1"], *metrics["macro_f1_ci95"])  # fmt: skip
 
     summary = {
         **results,
         "n_train": len(train),
-        "n_validation": len(validation),
+        "n_validation": counts["validation"],
+        "n_test": counts.get("test", 0),
         "features": list(FEATURES),
+        "fitted_on": "predicted masks of the training cases",
         "seed": seed,
     }
     output_json = Path(output_json)

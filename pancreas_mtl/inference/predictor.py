@@ -35,6 +35,7 @@ from ..layout import (
 )
 from ..nnunet_env import check_prediction_checkpoint, ensure_ext_trainer_path, resolve_device
 from ..progress import case_line, eta_seconds
+from ..training.descriptors import case_descriptor, ct_to_hu
 from ..training.heads import add_evidence
 from .model_package import installed_model, model_folds
 
@@ -137,6 +138,21 @@ class MultiTaskPredictor(nnUNetPredictor):
         predictor.network = network
         return predictor
 
+    def case_descriptor(self, data, logits: torch.Tensor) -> torch.Tensor:
+        """The case descriptor (1, len(descriptors.NAMES)) of one preprocessed case (C, *shape)
+        from its segmentation logits on the same grid: image in HU where the configuration uses
+        CT normalisation, the network's region probabilities, the configuration's spacing."""
+        scheme = self.configuration_manager.normalization_schemes[0]
+        properties = None
+        if scheme == "CTNormalization":
+            properties = self.plans_manager.foreground_intensity_properties_per_channel["0"]
+        hu = ct_to_hu(np.asarray(data[0], dtype=np.float32), properties)
+        whole, lesion = self.network.region_probabilities(logits.float()[None].cpu())
+        values = case_descriptor(
+            hu, whole[0, 0].numpy(), lesion[0, 0].numpy(), self.configuration_manager.spacing
+        )
+        return torch.as_tensor(values, dtype=torch.float32)[None]
+
     def case_logits_and_evidence(self, data) -> tuple[torch.Tensor, dict]:
         """Segmentation logits (C, *shape, float, CPU) and summed head evidence of one
         preprocessed case (C, *shape), one fold: the network as it stands (each sliding-window
@@ -157,7 +173,10 @@ class MultiTaskPredictor(nnUNetPredictor):
             logits = self.predict_sliding_window_return_logits(data).to("cpu")
             prediction = logits if prediction is None else prediction + logits
             if self.classify:
-                cls_logits = self.network.classify(self._evidence)
+                descriptor = None
+                if self.network.case_stage.is_fitted:
+                    descriptor = self.case_descriptor(data, logits)
+                cls_logits = self.network.classify(self._evidence, descriptor)
                 probabilities.append(torch.softmax(cls_logits.float(), -1)[0].cpu().numpy())
         if len(self.list_of_parameters) > 1:
             prediction /= len(self.list_of_parameters)

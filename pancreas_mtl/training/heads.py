@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..layout import DEFAULT_NUM_SUBTYPES
+from .descriptors import NAMES as DESCRIPTOR_NAMES
 
 Evidence = dict[str, torch.Tensor]
 
@@ -306,6 +308,52 @@ class AttentionFusionHead(nn.Module):
         return evidence["weight"][:, 0]
 
 
+class CaseClassifier(nn.Module):
+    """The subtype stage over the whole case: one linear layer on standardised inputs.
+
+    Its inputs are the head's output-layer inputs (pooled over the case) followed by the case
+    descriptor (`descriptors.NAMES`). It has no trainable parameters: the case-level refit fits it
+    on the training cases as predicted (a class-weighted logistic regression, with the feature
+    set and strength chosen by cross-validation on those cases) and stores the result in buffers,
+    so checkpoints carry it and stock nnU-Net loads them unchanged. Until then it is not `fitted`
+    and the head's own output layer classifies.
+    """
+
+    def __init__(self, n_head: int, n_descriptor: int, num_classes: int):
+        super().__init__()
+        self.n_head, self.n_descriptor = int(n_head), int(n_descriptor)
+        n = self.n_head + self.n_descriptor
+        self.register_buffer("mean", torch.zeros(n))
+        self.register_buffer("scale", torch.ones(n))
+        self.register_buffer("weight", torch.zeros(num_classes, n))
+        self.register_buffer("bias", torch.zeros(num_classes))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self.fitted)
+
+    def set(self, mean, scale, weight, bias) -> None:
+        """Store a fitted stage (numpy or tensors; unused inputs have zero weight)."""
+        for name, value in (("mean", mean), ("scale", scale), ("weight", weight), ("bias", bias)):
+            buffer = getattr(self, name)
+            buffer.copy_(torch.as_tensor(np.asarray(value), dtype=buffer.dtype))
+        self.fitted.fill_(True)
+
+    def forward(self, head_features: torch.Tensor, descriptor: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([head_features.float(), descriptor.to(head_features.device).float()], -1)
+        return ((x - self.mean) / self.scale) @ self.weight.T + self.bias
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):  # fmt: skip
+        # models trained before the stage existed load as not fitted: the head classifies
+        if prefix + "fitted" not in state_dict:
+            return
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+
 HEADS = {"lesion_pooling": LesionPoolingHead, "attention_fusion": AttentionFusionHead}
 
 
@@ -322,6 +370,10 @@ class MultiTaskUNet(nn.Module):
         self.encoder = unet.encoder
         self.decoder = unet.decoder
         self.head = head
+        # part of the head: its state dict keys are the head's, beside the plain U-Net's
+        head.add_module("case_stage", CaseClassifier(
+            head.classifier[-1].in_features, len(DESCRIPTOR_NAMES), head.classifier[-1].out_features
+        ))  # fmt: skip
         # two outputs are nnU-Net regions (whole, lesion) with sigmoid; three are softmax labels
         self.regions = num_seg_outputs == 2
 
@@ -342,6 +394,10 @@ class MultiTaskUNet(nn.Module):
         if whole is None and lesion is None and not multitask:
             return self.decoder(self.encoder(x))
         return self.forward_multitask(x, whole, lesion, voxel_weight, encoder_gradient)
+
+    @property
+    def case_stage(self) -> CaseClassifier:
+        return self.head.case_stage
 
     def region_probabilities(self, seg_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(whole pancreas, lesion) probabilities, each (B, 1, *s), from full-resolution logits."""
@@ -391,9 +447,15 @@ class MultiTaskUNet(nn.Module):
             features = torch.where(use_hard[:, None], features, self.head.hidden_features(soft))
         return features
 
-    def classify(self, evidence: Evidence) -> torch.Tensor:
-        """Subtype logits from (summed) evidence."""
-        return self.head.classifier[-1](self.hidden_features(evidence))
+    def classify(self, evidence: Evidence, descriptor: torch.Tensor | None = None) -> torch.Tensor:
+        """Subtype logits from (summed) evidence and, once the case stage is fitted, the case
+        descriptor (B, len(descriptors.NAMES)), which it then requires."""
+        features = self.hidden_features(evidence)
+        if self.case_stage.is_fitted:
+            if descriptor is None:
+                raise ValueError("the fitted case stage needs the case descriptor")
+            return self.case_stage(features, descriptor)
+        return self.head.classifier[-1](features)
 
 
 def stage_channels(unet: nn.Module, num_input_channels: int) -> list[int]:

@@ -50,6 +50,8 @@ class TrainerSettings:
     case_level_refit: bool
     refit_c: float
     refit_tta: bool
+    case_stage: str
+    case_stage_c: list
     case_validation_every: int
     checkpoint_every: int
     progress_png_every: int

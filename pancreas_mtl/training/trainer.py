@@ -25,6 +25,7 @@ from ..evaluation.metrics import dice
 from ..layout import DEFAULT_NUM_SUBTYPES, NUM_SUBTYPES_KEY, read_num_subtypes, read_subtypes
 from ..nnunet_env import HEAD_TRAINERS
 from ..progress import epoch_line, eta_seconds
+from .case_stage import fit_case_stage
 from .early_stopping import stopping_state
 from .heads import HEADS, MultiTaskUNet, finite_cases, stage_channels
 from .monitor import (
@@ -377,8 +378,11 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
                 ref = np.asarray(seg)[0]
                 whole_dsc.append(dice(whole[0, 0].numpy() > 0.5, ref > 0))
                 lesion_dsc.append(dice(lesion[0, 0].numpy() > 0.5, ref == 2))
+                descriptor = None
+                if self._model.case_stage.is_fitted:
+                    descriptor = predictor.case_descriptor(data, seg_logits)
                 with torch.no_grad():
-                    logits.append(self._model.classify(evidence).cpu().numpy()[0])
+                    logits.append(self._model.classify(evidence, descriptor).cpu().numpy()[0])
                 labels.append(self.subtype_of[key])
         finally:
             self.set_deep_supervision_enabled(self.enable_deep_supervision)
@@ -511,29 +515,34 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
             self.refit_output_layer()
         super().on_train_end()
 
-    def case_hidden_features(self, keys: list[str]) -> np.ndarray:
-        """Head activations per whole case, with the network's own predicted regions, pooled as at
-        deployment (mirrored when `refit_tta`)."""
+    def case_features(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per whole case, with the network's own predicted regions as at deployment (mirrored when
+        `refit_tta`): the output layer's inputs (N, F) and the case descriptor (N, D)."""
         dataset = self.dataset_class(self.preprocessed_dataset_folder, keys)
         self.network.eval()
         self.set_deep_supervision_enabled(False)
         predictor = self.case_predictor(mirroring=self.settings.refit_tta)
-        features = []
+        features, descriptors = [], []
         try:
             with torch.no_grad():
                 for key in keys:
-                    _, evidence = predictor.case_logits_and_evidence(dataset.load_case(key)[0])
+                    data = dataset.load_case(key)[0]
+                    seg_logits, evidence = predictor.case_logits_and_evidence(data)
                     features.append(self._model.hidden_features(evidence)[0].float().cpu().numpy())
+                    descriptors.append(predictor.case_descriptor(data, seg_logits)[0].numpy())
         finally:
             self.set_deep_supervision_enabled(self.enable_deep_supervision)
-        return np.stack(features)
+        return np.stack(features), np.stack(descriptors)
 
     def refit_output_layer(self) -> None:
-        """Refit the head's output layer on whole training cases, as they are seen at inference.
+        """Refit the head's output layer, and fit the case stage, on whole training cases as they
+        are seen at inference.
 
         Patches are classified during training; inference pools whole volumes over predicted
         regions. A class-weighted logistic regression on the standardised case-level inputs of
         the output layer (training split only), folded back into its weights, aligns the two.
+        The case stage (`train.case_stage`) then adds the case descriptor, with its inputs and
+        penalty chosen by cross-validation on the same training cases (`case_stage.py`).
         """
         tr_keys = [k for k in self.do_split()[0] if k in self.subtype_of]
         labels = np.array([self.subtype_of[k] for k in tr_keys])
@@ -542,21 +551,38 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
             return
         before = self.evaluate_validation_cases()
         weights = class_weights(list(labels), self.settings.class_weighting, self.num_subtypes)
+        features, descriptors = self.case_features(tr_keys)
         coef, intercept = standardized_logistic_regression(
-            self.case_hidden_features(tr_keys), labels, weights, self.settings.refit_c
+            features, labels, weights, self.settings.refit_c
         )
         output = self._model.head.classifier[-1]
         with torch.no_grad():
             output.weight.copy_(torch.as_tensor(coef, dtype=output.weight.dtype))
             output.bias.copy_(torch.as_tensor(intercept, dtype=output.bias.dtype))
+        report = {"n_train": len(tr_keys), "before": before}
+        if self.settings.case_stage != "off":
+            report["after_output_layer"] = self.evaluate_validation_cases()
+            # the output layer's inputs: the hidden layer, then any image statistics
+            n_hidden = self._model.head.classifier[0].out_features
+            fit = fit_case_stage(
+                features, descriptors, labels, weights, n_hidden,
+                choice=self.settings.case_stage, c_grid=self.settings.case_stage_c,
+            )  # fmt: skip
+            self._model.case_stage.set(fit.mean, fit.scale, fit.weight, fit.bias)
+            report["case_stage"] = fit.report()
+            self.print_to_log_file(
+                f"case stage: {fit.feature_set}, C={fit.c:g}, chosen by cross-validation on "
+                f"{len(tr_keys)} training cases: {fit.cv}"
+            )
         after = self.evaluate_validation_cases()
+        report["after"] = after
         self.print_to_log_file(
-            f"case-level refit of the output layer on {len(tr_keys)} training cases: "
+            f"case-level refit on {len(tr_keys)} training cases: "
             f"validation macro-F1 {before['macro_f1']:.4f} -> {after['macro_f1']:.4f}, "
             f"predictions per subtype {before['pred_counts']} -> {after['pred_counts']}"
         )
         with open(join(self.output_folder, "case_level_refit.json"), "w") as f:
-            json.dump({"before": before, "after": after, "n_train": len(tr_keys)}, f, indent=1)
+            json.dump(report, f, indent=1)
 
 
 def _trainer_for(head: str, name: str) -> type:

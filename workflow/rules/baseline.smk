@@ -2,7 +2,9 @@ rule baseline_classifier:
     input:
         raw=rules.ingest_cohort.output.raw,
         subtypes=rules.ingest_cohort.output.subtypes,
+        train_predictions=f"{RESULTS}/predictions/train",
         predictions=f"{RESULTS}/predictions/validation",
+        test_predictions=f"{RESULTS}/predictions/test",
     output:
         metrics=report(
             f"{RESULTS}/metrics/baseline.json",
@@ -16,5 +18,7 @@ rule baseline_classifier:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        test_labels=TEST_LABELS or "",
     script:
         "../scripts/baseline_classifier.py"

@@ -10,7 +10,7 @@ rule predict_split:
     benchmark:
         f"{RESULTS}/benchmarks/predict_split/{{split}}.tsv"
     wildcard_constraints:
-        split="validation|test",
+        split="train|validation|test",
     conda:
         ENV_NNUNET
     threads: config["threads"]

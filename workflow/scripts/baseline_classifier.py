@@ -13,6 +13,9 @@ from pancreas_mtl.evaluation.baseline import run_baseline
 run_baseline(
     snakemake.input.raw,
     snakemake.input.subtypes,
+    snakemake.input.train_predictions,
     snakemake.input.predictions,
     snakemake.output.metrics,
+    test_prediction_dir=snakemake.input.test_predictions,
+    test_labels_dir=snakemake.params.test_labels or None,
 )
