@@ -13,7 +13,7 @@ It is built to survive an imperfect lesion mask:
 - the network's own uncertainty at the margin (probability mass between 0.1 and 0.9) is a
   feature: a blurred, infiltrative margin is where a network hesitates;
 - the context (gland volume and thickness on each side of the lesion, the widest fluid-dark duct
-  away from it) depends on the whole-pancreas region, which is segmented far better than the
+  away from it and how much wider it is on one side of the lesion) depends on the whole-pancreas region, which is segmented far better than the
   lesion.
 
 Intensities are in HU where the configuration uses nnU-Net's CT normalisation (inverted with the
@@ -31,7 +31,7 @@ from scipy import ndimage
 
 FLUID_HU = 25.0
 # a lesion voxel this much above the parenchyma is bright (hyper-enhancing rim, calcification)
-BRIGHT_ABOVE_HU = 100.0
+BRIGHT_ABOVE_HU = 40.0
 # margin of the crop around the gland, in mm: room for the rim, the shell and the gradients
 CROP_MARGIN_MM = 6.0
 
@@ -59,7 +59,14 @@ NAMES = (
     "thickness_ratio_sides",
     "duct_diameter_mm",
     "duct_log_volume",
+    "duct_diameter_sides_mm",
     "lesion_position",
+    "gland_p05_rel",
+    "gland_p95_rel",
+    "gland_spread",
+    "gland_fluid_fraction",
+    "gland_dark_fraction",
+    "gland_bright_fraction",
 )
 
 
@@ -158,14 +165,28 @@ def case_descriptor(
     candidate = lesion_candidate(p_lesion)
     f["gland_log_volume"] = _log_ml(float(gland.sum()), voxel_ml)
     depth_in_gland = ndimage.distance_transform_edt(gland, sampling=spacing) if gland.any() else None
+    duct_width = None
     if depth_in_gland is not None:
         f["gland_thickness_mm"] = 2.0 * float(np.percentile(depth_in_gland[gland], 90))
         away = ndimage.distance_transform_edt(~candidate, sampling=spacing) > 3.0
         inner = depth_in_gland > 1.5
         dark = gland & ~candidate & away & inner & (smoothed < (level + FLUID_HU) / 2)
         if dark.any():
-            f["duct_diameter_mm"] = 2.0 * float(ndimage.distance_transform_edt(dark, sampling=spacing).max())
+            duct_width = 2.0 * ndimage.distance_transform_edt(dark, sampling=spacing)
+            f["duct_diameter_mm"] = float(duct_width.max())
             f["duct_log_volume"] = _log_ml(float(dark.sum()), voxel_ml)
+
+    # the whole gland's own histogram, lesion included: what a missed or partial lesion mask
+    # leaves out is still in the whole-pancreas region, which the network segments well
+    if p_whole.sum() > 1e-3:
+        p05, p50, p95 = _weighted_quantiles(smoothed, p_whole, [0.05, 0.5, 0.95], level)
+        f["gland_p05_rel"], f["gland_p95_rel"] = p05 - level, p95 - level
+        f["gland_spread"] = math.sqrt(max(_weighted_mean((smoothed - p50) ** 2, p_whole, 0.0), 0.0))
+        f["gland_fluid_fraction"] = _weighted_mean((smoothed < FLUID_HU).astype(np.float32), p_whole, 0.0)
+        dark = smoothed < level - 0.25 * max(level - FLUID_HU, 10.0)
+        f["gland_dark_fraction"] = _weighted_mean(dark.astype(np.float32), p_whole, 0.0)
+        bright = smoothed > level + BRIGHT_ABOVE_HU
+        f["gland_bright_fraction"] = _weighted_mean(bright.astype(np.float32), p_whole, 0.0)
 
     f["max_lesion_probability"] = float(p_lesion.max()) if p_lesion.size else 0.0
     soft_total = float(p_lesion.sum())
@@ -219,7 +240,8 @@ def case_descriptor(
     f["bbox_fill"] = voxels / math.prod(b.stop - b.start for b in box)
     f["components"] = float(ndimage.label(p_lesion > 0.5)[1])
 
-    # where the lesion sits along the gland, and the gland's thickness on either side of it
+    # where the lesion sits along the gland; the gland's thickness and the duct's width on either
+    # side of it (a duct dilated and a gland atrophic upstream of an obstructing lesion)
     f["thickness_ratio_sides"] = 1.0
     if depth_in_gland is not None:
         gland_points = np.argwhere(gland) * np.asarray(spacing)
@@ -231,8 +253,12 @@ def case_descriptor(
             f["lesion_position"] = abs((lesion_along - along.min()) / span - 0.5) * 2
         thickness = depth_in_gland[gland]
         not_lesion = ~candidate[gland]
-        sides = [thickness[(along < lesion_along) & not_lesion], thickness[(along >= lesion_along) & not_lesion]]
-        means = [float(s.mean()) for s in sides if s.size >= 10]
+        sides = [(along < lesion_along) & not_lesion, (along >= lesion_along) & not_lesion]
+        means = [float(thickness[side].mean()) for side in sides if side.sum() >= 10]
         if len(means) == 2:
             f["thickness_ratio_sides"] = min(means) / max(max(means), 1e-6)
+        if duct_width is not None:
+            widths = duct_width[gland]
+            side_max = [float(widths[side].max()) if side.any() else 0.0 for side in sides]
+            f["duct_diameter_sides_mm"] = max(side_max) - min(side_max)
     return np.array([f[n] for n in NAMES], dtype=np.float64)
