@@ -8,9 +8,11 @@ shuffles; mean and spread over the 15 folds) of:
   volume (`lesion_features` of pancreas_mtl.evaluation.baseline), the issue's ceiling;
 - the baseline's nine features (the four above plus parenchyma HU, edge and core contrast,
   bounding-box fill, components), logistic regression and random forest;
-- richer radiomics: the nine plus intensity percentiles relative to the pancreas, fluid and
-  calcified fractions, core-minus-periphery contrast, edge sharpness, sphericity, texture, and the
-  widest duct in the gland away from the lesion; logistic regression and random forest.
+- richer radiomics: the nine plus the workflow's case descriptor (pancreas_mtl.training.descriptors:
+  intensity percentiles relative to the pancreas, fluid and bright fractions, texture, core against
+  periphery, rim, edge gradient and sharpness, sphericity, elongation, the duct and the gland on
+  either side of the lesion, the gland's histogram) on the true masks at the image's own
+  resolution; logistic regression and random forest.
 
 Usage: python benchmarks/demo_difficulty.py [--cases 120] [--seed 11] [--difficulty hard quick]
        [--n-subtypes 3] [--workers 2]
@@ -25,7 +27,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import RepeatedStratifiedKFold, cross_val_score
@@ -37,64 +38,10 @@ sys.path.insert(0, str(REPO))
 
 from pancreas_mtl.demo import make_demo_cohort  # noqa: E402
 from pancreas_mtl.evaluation.baseline import FEATURES, lesion_features  # noqa: E402
+from pancreas_mtl.training.descriptors import NAMES as DESCRIPTOR_NAMES  # noqa: E402
+from pancreas_mtl.training.descriptors import case_descriptor  # noqa: E402
 
 FIRST_ORDER = ("lesion_mean_hu", "lesion_std_hu", "lesion_contrast_hu", "lesion_volume_ml")
-FLUID_HU = 25.0
-CALCIFIED_HU = 200.0
-
-
-def _mean(values):
-    return float(values.mean()) if values.size else 0.0
-
-
-def radiomics_features(image, labels, zooms) -> dict:
-    """Structure and context of the true lesion beyond its first-order statistics."""
-    lesion, parenchyma = labels == 2, labels == 1
-    zooms = tuple(float(z) for z in zooms[:3])
-    values = image[lesion]
-    parenchyma_hu = float(np.median(image[parenchyma]))
-    features = {
-        f"p{q:02d}_minus_parenchyma_hu": float(np.percentile(values, q)) - parenchyma_hu
-        for q in (5, 25, 50, 75, 95, 99)
-    }
-    features["fluid_fraction"] = float((values < FLUID_HU).mean())
-    features["calcified_fraction"] = float((values > CALCIFIED_HU).mean())
-
-    depth = ndimage.distance_transform_edt(lesion, sampling=zooms)
-    deep = lesion & (depth > 0.5 * depth.max())
-    features["core_minus_periphery_hu"] = _mean(image[deep]) - _mean(image[lesion & ~deep])
-
-    sigma = [0.7 / z for z in zooms]
-    gradient = ndimage.gaussian_gradient_magnitude(image, sigma)
-    shell = ndimage.binary_dilation(lesion) & ~lesion
-    boundary = lesion & ~ndimage.binary_erosion(lesion)
-    step = abs(_mean(image[lesion & ~boundary] if (lesion & ~boundary).any() else values) - _mean(image[shell]))
-    edge_gradient = _mean(gradient[shell | boundary])
-    features["edge_gradient_hu_per_mm"] = edge_gradient
-    features["edge_sharpness"] = edge_gradient / (step + 10.0)
-    features["inner_gradient_hu_per_mm"] = _mean(gradient[lesion & ~boundary])
-    log_response = ndimage.gaussian_laplace(image, [1.0 / z for z in zooms])
-    features["texture_log_std"] = float(log_response[lesion & ~boundary].std()) if (lesion & ~boundary).any() else 0.0
-
-    volume = lesion.sum() * math.prod(zooms)
-    area = sum(
-        np.count_nonzero(np.diff(np.pad(lesion, 1).astype(np.int8), axis=axis))
-        * math.prod(z for i, z in enumerate(zooms) if i != axis)
-        for axis in range(3)
-    )
-    features["sphericity"] = math.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / area
-
-    # The duct: the widest fluid-dark tube in the gland away from the lesion (dilated upstream of PDAC).
-    smoothed = ndimage.gaussian_filter(image, [0.6 / z for z in zooms])
-    away = ndimage.distance_transform_edt(~lesion, sampling=zooms) > 3.0
-    deep = ndimage.distance_transform_edt(labels > 0, sampling=zooms) > 1.5  # off the fat border
-    dark = parenchyma & away & deep & (smoothed < (parenchyma_hu + 10.0) / 2)
-    features["duct_diameter_mm"] = 2.0 * float(ndimage.distance_transform_edt(dark, sampling=zooms).max())
-    features["duct_volume_ml"] = dark.sum() * math.prod(zooms) / 1000.0
-    features["parenchyma_volume_ml"] = parenchyma.sum() * math.prod(zooms) / 1000.0
-    return features
-
-
 def cohort_table(out_dir, summary):
     rows, subtypes = [], []
     for record in summary["cases"]:
@@ -104,7 +51,8 @@ def cohort_table(out_dir, summary):
         image = image_file.get_fdata(dtype=np.float32)
         labels = np.rint(np.asanyarray(nib.load(out_dir / record["mask"]).dataobj)).astype(np.uint8)
         zooms = image_file.header.get_zooms()
-        rows.append({**lesion_features(image, labels, zooms), **radiomics_features(image, labels, zooms)})
+        descriptor = case_descriptor(image, (labels > 0).astype(np.float32), (labels == 2).astype(np.float32), zooms[:3])
+        rows.append({**lesion_features(image, labels, zooms), **dict(zip(DESCRIPTOR_NAMES, descriptor))})
         subtypes.append(record["subtype"])
     names = list(rows[0])
     return np.array([[row[n] for n in names] for row in rows]), np.array(subtypes), names

@@ -67,6 +67,7 @@ NAMES = (
     "gland_fluid_fraction",
     "gland_dark_fraction",
     "gland_bright_fraction",
+    "duct_to_gland",
 )
 
 
@@ -175,6 +176,7 @@ def case_descriptor(
             duct_width = 2.0 * ndimage.distance_transform_edt(dark, sampling=spacing)
             f["duct_diameter_mm"] = float(duct_width.max())
             f["duct_log_volume"] = _log_ml(float(dark.sum()), voxel_ml)
+            f["duct_to_gland"] = f["duct_diameter_mm"] / max(f["gland_thickness_mm"], 1.0)
 
     # the whole gland's own histogram, lesion included: what a missed or partial lesion mask
     # leaves out is still in the whole-pancreas region, which the network segments well
