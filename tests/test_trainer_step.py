@@ -186,6 +186,8 @@ def test_refit_pools_each_case_as_deployment_does(monkeypatch):
     deployed.predict_logits_from_preprocessed_data(torch.from_numpy(OneCase.data))
     with torch.no_grad():
         want = deployed.network.hidden_features(deployed._evidence)[0].numpy()
+        logits = deployed.predict_sliding_window_return_logits(torch.from_numpy(OneCase.data))
+        want_descriptor = deployed.case_descriptor(OneCase.data, logits)[0].numpy()
 
     trainer = make_trainer(deployed.network, epoch=5)
     trainer.settings = TrainerSettings.from_dict({"refit_tta": True})
@@ -202,8 +204,52 @@ def test_refit_pools_each_case_as_deployment_does(monkeypatch):
     got, descriptor = trainer.case_features(["a"])
     got = got[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # the case stage is fitted on the descriptor prediction computes
+    np.testing.assert_allclose(descriptor[0], want_descriptor, rtol=1e-4, atol=1e-4)
 
     # without mirroring the features differ: the refit would fit what prediction never sees
     trainer.settings = TrainerSettings.from_dict({"refit_tta": False})
     assert not np.allclose(trainer.case_features(["a"])[0][0], want, rtol=1e-4, atol=1e-5)
     assert MultiTaskPredictor.around_network  # the one computation both use
+
+
+@pytest.mark.parametrize("case_stage", ["auto", "off"])
+def test_refit_fits_the_case_stage_on_training_cases_only(monkeypatch, tmp_path, case_stage):
+    """Issue 11: the refit fits the case stage on the training split alone (its inputs chosen by
+    cross-validation there), records the choice, and leaves it unfitted when switched off."""
+    import json
+
+    from pancreas_mtl.training.descriptors import NAMES
+
+    net = multitask_net().eval()
+    trainer = make_trainer(net, epoch=9)
+    trainer.settings = TrainerSettings.from_dict({"case_stage": case_stage})
+    train_keys = [f"t{i}" for i in range(30)]
+    trainer.subtype_of = {k: i % 3 for i, k in enumerate(train_keys)} | {"v0": 0, "v1": 1}
+    trainer.num_subtypes = 3
+    trainer.output_folder = str(tmp_path)
+    trainer.print_to_log_file = lambda *args: None
+    monkeypatch.setattr(nnUNetTrainerMultiTask, "do_split", lambda self: (train_keys, ["v0", "v1"]))
+    monkeypatch.setattr(nnUNetTrainerMultiTask, "evaluate_validation_cases",
+                        lambda self: {"macro_f1": 0.5, "pred_counts": [1, 1, 0]})  # fmt: skip
+    seen = []
+
+    def case_features(self, keys):
+        seen.append(list(keys))
+        rng = np.random.default_rng(0)
+        y = np.array([self.subtype_of[k] for k in keys])
+        n_head = self._model.case_stage.n_head
+        descriptor = rng.normal(size=(len(keys), len(NAMES)))
+        descriptor[:, NAMES.index("duct_to_gland")] += 6.0 * y
+        return rng.normal(size=(len(keys), n_head)), descriptor
+
+    monkeypatch.setattr(nnUNetTrainerMultiTask, "case_features", case_features)
+    trainer.refit_output_layer()
+    assert seen == [train_keys]  # no validation case is pooled for the fit
+    report = json.loads((tmp_path / "case_level_refit.json").read_text())
+    if case_stage == "off":
+        assert not net.case_stage.is_fitted and "case_stage" not in report
+        return
+    assert net.case_stage.is_fitted
+    assert report["case_stage"]["feature_set"] in ("descriptor", "descriptor_and_image_statistics")
+    assert len(report["case_stage"]["cv_macro_f1"]) == 6
