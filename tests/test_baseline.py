@@ -241,6 +241,34 @@ def test_run_baseline_fits_on_predicted_training_masks(tmp_path):
         assert summary[name]["reference_masks"]["predictions"]["case_32"] == 2
 
 
+def test_run_baseline_one_test_case_has_no_interval(tmp_path):
+    """A split of one case cannot give a bootstrap interval: it is written as null, not NaN."""
+    raw, predictions, test_labels = tmp_path / "raw", tmp_path / "predictions", tmp_path / "test_labels"
+    rng = np.random.default_rng(1)
+    rows = []
+    for index in range(8):
+        subtype = index % 3
+        split = "train" if index < 6 else "validation" if index < 7 else "test"
+        case_id = f"case_{index:02d}"
+        image, labels = subtype_case(subtype, rng)
+        if split == "test":
+            save_nifti(raw / "imagesTs" / f"{case_id}_0000.nii.gz", image.astype(np.float32))
+            save_nifti(test_labels / f"subtype{subtype}" / f"{case_id}.nii.gz", labels.astype(np.uint8))
+        else:
+            write_case(raw, case_id, image, labels)
+        save_nifti(predictions / split / f"{case_id}.nii.gz", labels.astype(np.uint8))
+        rows.append((case_id, split, None if split == "test" else subtype))
+    table = tmp_path / "subtypes.csv"
+    pd.DataFrame(rows, columns=["case_id", "split", "subtype"]).astype({"subtype": "Int64"}).to_csv(
+        table, index=False
+    )
+    output = tmp_path / "baseline.json"
+    summary = run_baseline(raw, table, predictions / "train", predictions / "validation", output,
+                           test_prediction_dir=predictions / "test", test_labels_dir=test_labels)  # fmt: skip
+    assert summary["logistic_regression"]["test"]["predicted_masks"]["macro_f1_ci95"] == [None, None]
+    assert json.loads(output.read_text()) == json.loads(json.dumps(summary))
+
+
 def test_run_baseline_needs_every_predicted_mask(tmp_path):
     table = tmp_path / "subtypes.csv"
     table.write_text("case_id,split,subtype\na,train,0\nb,train,1\nc,validation,1\n")

@@ -30,7 +30,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..layout import mask_file_name, raw_image, raw_label, read_subtype_table, table_num_subtypes
-from .metrics import bootstrap_ci, classification_metrics, load_label_map
+from .metrics import finite_or_none, bootstrap_ci, classification_metrics, load_label_map
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,8 @@ def run_baseline(
     Images are ``imagesTr/<case>_0000.nii.gz`` (``imagesTs`` for test) of the nnU-Net raw dataset,
     reference masks ``labelsTr/<case>.nii.gz`` (test: `test_labels_dir`), predicted masks
     ``<case>.nii.gz`` in `train_prediction_dir`, `prediction_dir` (validation) and
-    `test_prediction_dir`. Writes `output_json` and returns ``{model: {"predicted_masks": metrics,
+    `test_prediction_dir`. An interval that cannot be drawn (one case) is None. Writes
+    `output_json` and returns ``{model: {"predicted_masks": metrics,
     "reference_masks": metrics, "test": {...the same...}}, "n_train", "n_validation", "n_test",
     "features", "fitted_on", "seed"}``, metrics as in `fit_and_evaluate` plus `macro_f1_ci95`.
     """
@@ -278,6 +279,7 @@ def run_baseline(
     }
     output_json = Path(output_json)
     output_json.parent.mkdir(parents=True, exist_ok=True)
-    # allow_nan=False: JSON has no NaN, and every metric here is defined.
+    # JSON has no NaN: an interval that one case cannot give (a single test case) is null
+    summary = finite_or_none(summary)
     output_json.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary

@@ -177,14 +177,14 @@ def load_label_map(path: str | os.PathLike) -> np.ndarray:
     return np.rint(data).astype(np.int16)
 
 
-def _finite_or_none(value):
+def finite_or_none(value):
     """JSON has no NaN; an undefined number is written as null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
+        return {k: finite_or_none(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
+        return [finite_or_none(v) for v in value]
     return value
 
 
@@ -266,7 +266,7 @@ def evaluate_split(
             summary["ece"] = expected_calibration_error(y_true, probabilities)
             summary["calibration_bins"] = calibration_bins(y_true, probabilities)
     summary["n_bootstrap"] = int(n_bootstrap)
-    summary = _finite_or_none(summary)
+    summary = finite_or_none(summary)
 
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")

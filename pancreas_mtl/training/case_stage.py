@@ -10,9 +10,10 @@ come in blocks:
 - `hidden`: the head's hidden layer, trained on the training cases' own labels.
 
 `auto` chooses among the label-free blocks (`descriptor`, `descriptor` + `image_statistics`) and
-the penalty by repeated stratified cross-validation on the training cases; the hidden layer is
-left out of `auto` because its activations have seen those very labels, so no cross-validation
-on the training cases can judge it fairly. Ties go to the smaller set and the stronger penalty.
+the penalty by repeated stratified cross-validation on the training cases (with fewer than two
+cases of some subtype there is nothing to cross-validate, and the first candidate is taken). The
+hidden layer is left out of `auto` because its activations have seen those very labels, so no
+cross-validation on the training cases can judge it fairly. Ties go to the smaller set and the stronger penalty.
 """
 
 from __future__ import annotations

@@ -570,10 +570,12 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
             )  # fmt: skip
             self._model.case_stage.set(fit.mean, fit.scale, fit.weight, fit.bias)
             report["case_stage"] = fit.report()
-            self.print_to_log_file(
-                f"case stage: {fit.feature_set}, C={fit.c:g}, chosen by cross-validation on "
-                f"{len(tr_keys)} training cases: {fit.cv}"
+            how = (
+                f"chosen by cross-validation on {len(tr_keys)} training cases: {fit.cv}"
+                if any(v is not None for v in fit.cv.values())
+                else "the first candidate: too few training cases of some subtype to cross-validate"
             )
+            self.print_to_log_file(f"case stage: {fit.feature_set}, C={fit.c:g}, {how}")
         after = self.evaluate_validation_cases()
         report["after"] = after
         self.print_to_log_file(
