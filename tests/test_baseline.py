@@ -192,16 +192,15 @@ def subtype_case(subtype, rng):
     return image + rng.normal(0, 3.0, image.shape), labels
 
 
-def test_run_baseline_fits_on_predicted_training_masks(tmp_path):
-    """Issue 11: the baseline is fitted on the training cases' predicted masks, as the workflow's
-    classifier is, scored on validation and (labels given) test, with bootstrap intervals."""
-    raw, predictions = tmp_path / "raw", tmp_path / "predictions"
-    test_labels = tmp_path / "test_labels"
-    rng = np.random.default_rng(0)
+def write_cohort(root, n_train, n_validation, n_test, seed, miss_lesion=lambda split, subtype: False):
+    """Raw dataset, predicted masks per split, test labels and subtype table of a small cohort;
+    `miss_lesion(split, subtype)` makes the predicted mask miss that case's lesion."""
+    raw, predictions, test_labels = root / "raw", root / "predictions", root / "test_labels"
+    rng = np.random.default_rng(seed)
     rows = []
-    for index in range(36):
+    for index in range(n_train + n_validation + n_test):
         subtype = index % 3
-        split = "train" if index < 30 else "validation" if index < 33 else "test"
+        split = "train" if index < n_train else "validation" if index < n_train + n_validation else "test"
         case_id = f"case_{index:02d}"
         image, labels = subtype_case(subtype, rng)
         if split == "test":
@@ -210,19 +209,26 @@ def test_run_baseline_fits_on_predicted_training_masks(tmp_path):
         else:
             write_case(raw, case_id, image, labels)
         predicted = labels.copy()
-        if split == "train" and subtype == 1:
-            # the training cases' predicted masks miss the lesion of every subtype-1 case: fitted
-            # on them, the baseline cannot learn subtype 1 from the lesion as the reference shows it
-            predicted[predicted == 2] = 1
-        if split == "validation" and subtype == 0:
-            # The predictor misses this lesion: features stay finite, the case still gets a subtype.
+        if miss_lesion(split, subtype):
             predicted[predicted == 2] = 1
         save_nifti(predictions / split / f"{case_id}.nii.gz", predicted.astype(np.uint8))
         rows.append((case_id, split, None if split == "test" else subtype))
-    table = tmp_path / "subtypes.csv"
+    table = root / "subtypes.csv"
     pd.DataFrame(rows, columns=["case_id", "split", "subtype"]).astype({"subtype": "Int64"}).to_csv(
         table, index=False
     )
+    return raw, predictions, test_labels, table
+
+
+def test_run_baseline_fits_on_predicted_training_masks(tmp_path):
+    """Issue 11: the baseline is fitted on the training cases' predicted masks, as the workflow's
+    classifier is, scored on validation and (labels given) test, with bootstrap intervals."""
+    # the training cases' predicted masks miss every subtype-1 lesion; one validation prediction
+    # misses a subtype-0 lesion: features stay finite, the case still gets a subtype
+    raw, predictions, test_labels, table = write_cohort(
+        tmp_path, 30, 3, 3, seed=0,
+        miss_lesion=lambda split, subtype: (split, subtype) in {("train", 1), ("validation", 0)},
+    )  # fmt: skip
 
     output = tmp_path / "metrics" / "baseline.json"
     summary = run_baseline(raw, table, predictions / "train", predictions / "validation", output, seed=0,
@@ -243,25 +249,7 @@ def test_run_baseline_fits_on_predicted_training_masks(tmp_path):
 
 def test_run_baseline_one_test_case_has_no_interval(tmp_path):
     """A split of one case cannot give a bootstrap interval: it is written as null, not NaN."""
-    raw, predictions, test_labels = tmp_path / "raw", tmp_path / "predictions", tmp_path / "test_labels"
-    rng = np.random.default_rng(1)
-    rows = []
-    for index in range(8):
-        subtype = index % 3
-        split = "train" if index < 6 else "validation" if index < 7 else "test"
-        case_id = f"case_{index:02d}"
-        image, labels = subtype_case(subtype, rng)
-        if split == "test":
-            save_nifti(raw / "imagesTs" / f"{case_id}_0000.nii.gz", image.astype(np.float32))
-            save_nifti(test_labels / f"subtype{subtype}" / f"{case_id}.nii.gz", labels.astype(np.uint8))
-        else:
-            write_case(raw, case_id, image, labels)
-        save_nifti(predictions / split / f"{case_id}.nii.gz", labels.astype(np.uint8))
-        rows.append((case_id, split, None if split == "test" else subtype))
-    table = tmp_path / "subtypes.csv"
-    pd.DataFrame(rows, columns=["case_id", "split", "subtype"]).astype({"subtype": "Int64"}).to_csv(
-        table, index=False
-    )
+    raw, predictions, test_labels, table = write_cohort(tmp_path, 6, 1, 1, seed=1)
     output = tmp_path / "baseline.json"
     summary = run_baseline(raw, table, predictions / "train", predictions / "validation", output,
                            test_prediction_dir=predictions / "test", test_labels_dir=test_labels)  # fmt: skip
