@@ -30,7 +30,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..layout import mask_file_name, raw_image, raw_label, read_subtype_table, table_num_subtypes
-from .metrics import finite_or_none, bootstrap_ci, classification_metrics, load_label_map
+from .metrics import bootstrap_ci, classification_metrics, finite_or_none, load_label_map
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ come in blocks:
 the penalty by repeated stratified cross-validation on the training cases (with fewer than two
 cases of some subtype there is nothing to cross-validate, and the first candidate is taken). The
 hidden layer is left out of `auto` because its activations have seen those very labels, so no
-cross-validation on the training cases can judge it fairly. Ties go to the smaller set and the stronger penalty.
+cross-validation on the training cases can judge it fairly. Ties go to the smaller set and the
+stronger penalty.
 """
 
 from __future__ import annotations

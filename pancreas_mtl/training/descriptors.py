@@ -13,8 +13,8 @@ It is built to survive an imperfect lesion mask:
 - the network's own uncertainty at the margin (probability mass between 0.1 and 0.9) is a
   feature: a blurred, infiltrative margin is where a network hesitates;
 - the context (gland volume and thickness on each side of the lesion, the widest fluid-dark duct
-  away from it and how much wider it is on one side of the lesion) depends on the whole-pancreas region, which is segmented far better than the
-  lesion.
+  away from it and how much wider it is on one side of the lesion) depends on the whole-pancreas
+  region, which is segmented far better than the lesion.
 
 Intensities are in HU where the configuration uses nnU-Net's CT normalisation (inverted with the
 plans' foreground statistics; values beyond its 0.5/99.5 percentiles stay clipped), otherwise in
@@ -151,9 +151,9 @@ def case_descriptor(
     hu = np.asarray(hu, dtype=np.float32)[crop]
     p_whole = np.clip(np.asarray(p_whole, dtype=np.float32)[crop], 0, 1)
     p_lesion = np.clip(np.asarray(p_lesion, dtype=np.float32)[crop], 0, 1)
-    p_lesion = np.minimum(p_lesion, np.maximum(p_whole, p_lesion))
     voxel_ml = math.prod(spacing) / 1000.0
-    f = dict.fromkeys(NAMES, 0.0)
+    # neutral values where there is nothing to measure (no lesion, no gland, no duct)
+    f = {**dict.fromkeys(NAMES, 0.0), "sphericity": 1.0, "thickness_ratio_sides": 1.0}
 
     p_parenchyma = np.clip(p_whole - p_lesion, 0, 1)
     gland = p_whole > 0.5
@@ -164,12 +164,13 @@ def case_descriptor(
 
     # context: the gland, its thickness and the duct, from the whole-pancreas region
     candidate = lesion_candidate(p_lesion)
+    outside = ndimage.distance_transform_edt(~candidate, sampling=spacing)
     f["gland_log_volume"] = _log_ml(float(gland.sum()), voxel_ml)
     depth_in_gland = ndimage.distance_transform_edt(gland, sampling=spacing) if gland.any() else None
     duct_width = None
     if depth_in_gland is not None:
         f["gland_thickness_mm"] = 2.0 * float(np.percentile(depth_in_gland[gland], 90))
-        away = ndimage.distance_transform_edt(~candidate, sampling=spacing) > 3.0
+        away = outside > 3.0
         inner = depth_in_gland > 1.5
         dark = gland & ~candidate & away & inner & (smoothed < (level + FLUID_HU) / 2)
         if dark.any():
@@ -194,9 +195,6 @@ def case_descriptor(
     soft_total = float(p_lesion.sum())
     f["lesion_log_volume"] = _log_ml(soft_total, voxel_ml)
     if soft_total < 1e-3 or not candidate.any():
-        f["lesion_mean_rel"] = 0.0
-        f["sphericity"] = 1.0
-        f["thickness_ratio_sides"] = 1.0
         return np.array([f[n] for n in NAMES], dtype=np.float64)
 
     # first-order, weighted by the soft lesion probability
@@ -219,7 +217,6 @@ def case_descriptor(
     log_response = ndimage.gaussian_laplace(hu, [1.0 / s for s in spacing])
     if interior.any():
         f["texture_log_std"] = float(log_response[interior].std())
-    outside = ndimage.distance_transform_edt(~candidate, sampling=spacing)
     shell = (outside > 0) & (outside <= 2.5)
     boundary = candidate & (depth <= max(spacing) + 1e-3)
     inside_mean = float(hu[interior].mean()) if interior.any() else lesion_mean
@@ -244,7 +241,6 @@ def case_descriptor(
 
     # where the lesion sits along the gland; the gland's thickness and the duct's width on either
     # side of it (a duct dilated and a gland atrophic upstream of an obstructing lesion)
-    f["thickness_ratio_sides"] = 1.0
     if depth_in_gland is not None:
         gland_points = np.argwhere(gland) * np.asarray(spacing)
         centre, axis = _principal_axis(gland_points)
