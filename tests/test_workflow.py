@@ -222,9 +222,11 @@ def test_training_monitor_sees_every_class(demo_run):
     assert (fold / "checkpoint_final.pth").is_file()
     monitor = json.loads((fold / "classification_monitor.json").read_text())
     assert [row["epoch"] for row in monitor] == list(range(10))
+    # whole validation cases every `case_validation_every` (5) epochs and at the last one
+    assert [row["epoch"] for row in monitor if "pred_counts" in row] == [0, 5, 9]
     predicted = np.zeros(3, dtype=int)
     for row in monitor:
-        predicted += np.array(row["train_pred_counts"]) + np.array(row["pred_counts"])
+        predicted += np.array(row["train_pred_counts"]) + np.array(row.get("pred_counts", [0, 0, 0]))
     assert (predicted > 0).all(), predicted
     assert (fold / "classification_monitor.png").stat().st_size > 0
 
@@ -411,8 +413,6 @@ def test_gpu_recipe_on_cpu_at_real_size(tmp_path):
             assert mask.get_data_dtype() == np.uint8 and mask.shape == nib.load(image).shape
     summary = json.loads((results / "metrics" / "summary.json").read_text())
     assert np.isfinite([summary["whole_pancreas_dsc"], summary["lesion_dsc"], summary["macro_f1"]]).all()
-
-
 
 
 def _read_predictions(folder: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:

@@ -39,8 +39,8 @@ from .settings import TrainerSettings, load_settings
 
 SUBTYPE_TABLE = "subtypes.csv"
 MONITOR_KEY = "classification_monitor"
-# validation epochs in a row without a prediction of some class before the log warns
-UNPREDICTED_WARNING_EPOCHS = 5
+# whole-case validations in a row without a prediction of some class before the log warns
+UNPREDICTED_WARNING_PASSES = 5
 
 
 class GroupPolyLRScheduler(PolyLRScheduler):
@@ -411,11 +411,12 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
                 f"macro-F1 {row['macro_f1']:.4f}, predictions per subtype {row['pred_counts']}, "
                 f"score {row['score']:.4f}"
             )
-        for c, n in unpredicted_streaks(self.monitor_history, self.num_subtypes).items():
-            if n >= UNPREDICTED_WARNING_EPOCHS and self.current_epoch >= s.cls_warmup_epochs:
-                self.print_to_log_file(
-                    f"WARNING: subtype {c} has not been predicted on the validation cases for {n} epochs"
-                )
+            for c, n in unpredicted_streaks(self.monitor_history, self.num_subtypes).items():
+                if n >= UNPREDICTED_WARNING_PASSES and self.current_epoch >= s.cls_warmup_epochs:
+                    self.print_to_log_file(
+                        f"WARNING: subtype {c} has not been predicted on the validation cases in the "
+                        f"last {n} whole-case validations (every {s.case_validation_every} epochs)"
+                    )
         draw = self.progress_png_due() or state.should_stop
         if self.local_rank == 0:
             write_monitor(self.monitor_history, self.output_folder)
