@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from pancreas_mtl.training import run
@@ -211,6 +212,44 @@ def test_refit_pools_each_case_as_deployment_does(monkeypatch):
     trainer.settings = TrainerSettings.from_dict({"refit_tta": False})
     assert not np.allclose(trainer.case_features(["a"])[0][0], want, rtol=1e-4, atol=1e-5)
     assert MultiTaskPredictor.around_network  # the one computation both use
+
+
+def test_refit_and_case_validation_slide_and_mirror_as_prediction_is_configured(monkeypatch, tmp_path):
+    """The trainer's whole-case passes use predict.step_size and predict.mirror_batch: a refit that
+    ignored them fitted on other tiles than prediction's, and with 8 mirrored copies of a real-size
+    tile took 15 GB where prediction, told 2, took 4 (docs/performance.md)."""
+    import nnunetv2.run.run_training as run_training
+
+    from test_inference import tiny_predictor
+
+    deployed = tiny_predictor(mirror_batch=8)
+    trainer = make_trainer(deployed.network, epoch=5)
+    trainer.output_folder = str(tmp_path)
+    trainer.run_training = lambda: None
+    trainer.plans_manager = SimpleNamespace(
+        get_label_manager=lambda dataset_json: SimpleNamespace(num_segmentation_heads=3)
+    )
+    trainer.configuration_manager = deployed.configuration_manager
+    trainer.dataset_json = {}
+    trainer.inference_allowed_mirroring_axes = deployed.allowed_mirroring_axes
+    # the values a trainer that nnUNetv2_train starts uses: the schema's and config/gpu.yaml's
+    gpu = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "gpu.yaml").read_text())["predict"]
+    unset = trainer.case_predictor(mirroring=True)
+    assert (unset.tile_step_size, unset.mirror_batch) == (gpu["step_size"], gpu["mirror_batch"])
+
+    monkeypatch.setattr(run_training, "get_trainer_from_args", lambda *a, **k: trainer)
+    monkeypatch.setattr(run_training, "maybe_load_checkpoint", lambda *a, **k: None)
+    monkeypatch.setenv("nnUNet_extTrainer", "")
+    monkeypatch.setenv("nnUNet_n_proc_DA", "1")
+    threads = torch.get_num_threads()
+    try:
+        run.train_fold(501, "3d_fullres", 0, "nnUNetPlans", {"device": "cpu"},
+                       predict={"step_size": 0.75, "mirror_batch": 2})  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    for mirroring in (True, False):
+        predictor = trainer.case_predictor(mirroring=mirroring)
+        assert (predictor.tile_step_size, predictor.mirror_batch) == (0.75, 2)
 
 
 @pytest.mark.parametrize("case_stage", ["auto", "off"])

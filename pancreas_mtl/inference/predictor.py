@@ -121,11 +121,11 @@ class MultiTaskPredictor(nnUNetPredictor):
     @classmethod
     def around_network(
         cls, network, plans_manager, configuration_manager, dataset_json: dict, device: torch.device,
-        mirror_axes: Sequence[int] | None, step_size: float = 0.5,
+        mirror_axes: Sequence[int] | None, step_size: float = 0.5, mirror_batch: int = 8,
     ) -> "MultiTaskPredictor":
         """A predictor around a network in memory (a trainer's), computing as deployment does:
         nnU-Net's tiling and Gaussian tile weights, autocast on CUDA, mirroring over `mirror_axes`
-        (None: none)."""
+        (None: none) with `mirror_batch` mirrored copies per forward pass."""
         predictor = cls(
             tile_step_size=step_size, use_gaussian=True, use_mirroring=mirror_axes is not None,
             perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
@@ -136,6 +136,7 @@ class MultiTaskPredictor(nnUNetPredictor):
         )
         # the network as given: nnU-Net would compile it here when nnUNet_compile is set
         predictor.network = network
+        predictor.mirror_batch = max(1, mirror_batch)
         return predictor
 
     def case_descriptor(self, data, logits: torch.Tensor) -> torch.Tensor:

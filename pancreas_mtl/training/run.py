@@ -22,12 +22,14 @@ def train_fold(
     train: dict,
     threads: int = 1,
     nnunet_validation: bool = False,
+    predict: dict | None = None,
 ) -> Path:
     """Train (or resume) one fold with the workflow's `train` config section; return its
     checkpoint_final.pth.
 
     A fold whose final checkpoint exists is left alone; an interrupted one continues from its
-    latest checkpoint rather than from epoch 0.
+    latest checkpoint rather than from epoch 0. `predict` (the workflow's `predict` section) gives
+    the refit and the case validation prediction's sliding-window step and mirror batch.
     """
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
@@ -60,6 +62,9 @@ def train_fold(
         resume = (Path(trainer.output_folder) / "checkpoint_latest.pth").is_file()
         if resume:
             logger.info("resuming fold %s from checkpoint_latest.pth", fold)
+        if predict:
+            trainer.case_step_size = predict.get("step_size", trainer.case_step_size)
+            trainer.case_mirror_batch = predict.get("mirror_batch", trainer.case_mirror_batch)
         maybe_load_checkpoint(trainer, resume, False)
         if torch.cuda.is_available():
             # as stock run_training: cuDNN picks the fastest kernels for the fixed patch size

@@ -119,6 +119,11 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
     """Segmentation plus lesion subtype, with the lesion-pooling head (the default)."""
 
     head_name = "lesion_pooling"
+    # the sliding window of the refit and the case validation, as prediction's predict.step_size and
+    # predict.mirror_batch (run.train_fold sets them from the workflow's config; these are the
+    # schema's and config/gpu.yaml's values, for a trainer nnUNetv2_train starts)
+    case_step_size = 0.5
+    case_mirror_batch = 8
 
     def __init__(
         self,
@@ -355,12 +360,13 @@ class nnUNetTrainerMultiTask(nnUNetTrainer):
     def case_predictor(self, mirroring: bool):
         """Whole preprocessed cases through the deployment computation (`MultiTaskPredictor`:
         Gaussian tiles, autocast on CUDA), with the uncompiled network as it stands; mirrored over
-        the trainer's inference axes if asked."""
+        the trainer's inference axes if asked; prediction's sliding-window step and mirror batch."""
         from ..inference.predictor import MultiTaskPredictor
 
         return MultiTaskPredictor.around_network(
             self._model, self.plans_manager, self.configuration_manager, self.dataset_json, self.device,
             self.inference_allowed_mirroring_axes if mirroring else None,
+            step_size=self.case_step_size, mirror_batch=self.case_mirror_batch,
         )  # fmt: skip
 
     def evaluate_validation_cases(self) -> dict:

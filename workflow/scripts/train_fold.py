@@ -27,4 +27,6 @@ if __name__ == "__main__":
         snakemake.params.plans_identifier,
         snakemake.params.train,
         threads=snakemake.threads,
+        # read here, not a rule param: a new mirror batch or step must not retrain a model
+        predict=snakemake.config["predict"],
     )
