@@ -144,23 +144,28 @@ def test_distributed_training_is_refused_at_start(monkeypatch):
         nnUNetTrainerMultiTask({}, "3d_fullres", 0, {}, torch.device("cpu"))
 
 
-def test_train_fold_turns_on_cudnn_benchmark_like_stock_run_training(monkeypatch, tmp_path):
+def train_fold_with(monkeypatch, trainer, **kwargs) -> Path:
+    """`run.train_fold` on CPU with `trainer` in place of the one nnU-Net would build and load."""
     import nnunetv2.run.run_training as run_training
 
-    seen = {}
-    trainer = SimpleNamespace(output_folder=str(tmp_path))
-    trainer.run_training = lambda: seen.update(benchmark=torch.backends.cudnn.benchmark)
     monkeypatch.setattr(run_training, "get_trainer_from_args", lambda *a, **k: trainer)
     monkeypatch.setattr(run_training, "maybe_load_checkpoint", lambda *a, **k: None)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     monkeypatch.setenv("nnUNet_extTrainer", "")
     monkeypatch.setenv("nnUNet_n_proc_DA", "1")
     threads = torch.get_num_threads()
     try:
-        final = run.train_fold(501, "3d_fullres", 0, "nnUNetPlans", {"device": "cpu"})
+        return run.train_fold(501, "3d_fullres", 0, "nnUNetPlans", {"device": "cpu"}, **kwargs)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_train_fold_turns_on_cudnn_benchmark_like_stock_run_training(monkeypatch, tmp_path):
+    seen = {}
+    trainer = SimpleNamespace(output_folder=str(tmp_path))
+    trainer.run_training = lambda: seen.update(benchmark=torch.backends.cudnn.benchmark)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    final = train_fold_with(monkeypatch, trainer)
     assert seen == {"benchmark": True}
     assert final == Path(tmp_path) / "checkpoint_final.pth"
 
@@ -218,8 +223,6 @@ def test_refit_and_case_validation_slide_and_mirror_as_prediction_is_configured(
     """The trainer's whole-case passes use predict.step_size and predict.mirror_batch: a refit that
     ignored them fitted on other tiles than prediction's, and with 8 mirrored copies of a real-size
     tile took 15 GB where prediction, told 2, took 4 (docs/performance.md)."""
-    import nnunetv2.run.run_training as run_training
-
     from test_inference import tiny_predictor
 
     deployed = tiny_predictor(mirror_batch=8)
@@ -237,16 +240,7 @@ def test_refit_and_case_validation_slide_and_mirror_as_prediction_is_configured(
     unset = trainer.case_predictor(mirroring=True)
     assert (unset.tile_step_size, unset.mirror_batch) == (gpu["step_size"], gpu["mirror_batch"])
 
-    monkeypatch.setattr(run_training, "get_trainer_from_args", lambda *a, **k: trainer)
-    monkeypatch.setattr(run_training, "maybe_load_checkpoint", lambda *a, **k: None)
-    monkeypatch.setenv("nnUNet_extTrainer", "")
-    monkeypatch.setenv("nnUNet_n_proc_DA", "1")
-    threads = torch.get_num_threads()
-    try:
-        run.train_fold(501, "3d_fullres", 0, "nnUNetPlans", {"device": "cpu"},
-                       predict={"step_size": 0.75, "mirror_batch": 2})  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
+    train_fold_with(monkeypatch, trainer, predict={"step_size": 0.75, "mirror_batch": 2})
     for mirroring in (True, False):
         predictor = trainer.case_predictor(mirroring=mirroring)
         assert (predictor.tile_step_size, predictor.mirror_batch) == (0.75, 2)
