@@ -78,6 +78,8 @@ stage = stage_preprocessed_for_job(sys.argv[1], True)
 print(os.environ["nnUNet_preprocessed"], flush=True)
 if sys.argv[2] == "wait":
     time.sleep(60)
+else:
+    sys.stdin.readline()  # end normally once the test has seen the copy
 """
 
 
@@ -88,12 +90,15 @@ def test_job_leaves_nothing_behind(dataset, tmp_path, ending):
     env = {**os.environ, "TMPDIR": str(tmp)}
     proc = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(JOB), str(dataset), "wait" if ending == "sigterm" else "exit"],
-        env=env, stdout=subprocess.PIPE, text=True,
+        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     staged = Path(proc.stdout.readline().strip())
     assert staged.parent == tmp and (staged / dataset.name / "nnUNetPlans.json").is_file()
     if ending == "sigterm":
         proc.send_signal(signal.SIGTERM)  # what Slurm sends at the walltime
+    else:
+        proc.stdin.write("\n")
+        proc.stdin.flush()
     # on SIGTERM the process removes the copy, then ends by the signal as it would have
     assert proc.wait(timeout=60) == (-signal.SIGTERM if ending == "sigterm" else 0)
     deadline = time.time() + 5
