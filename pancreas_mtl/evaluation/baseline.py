@@ -30,7 +30,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..layout import mask_file_name, raw_image, raw_label, read_subtype_table, table_num_subtypes
-from .metrics import bootstrap_ci, classification_metrics, finite_or_none, load_label_map
+from .metrics import bootstrap_ci, classification_metrics, finite_or_none, load_label_map, macro_f1
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def _with_interval(metrics: dict, y_true: np.ndarray, num_subtypes: int) -> dict
     predicted = np.array([metrics["predictions"][c] for c in metrics["predictions"]])
 
     def statistic(a, b):
-        return classification_metrics(a, b, range(num_subtypes))["macro_f1"]
+        return macro_f1(a, b, range(num_subtypes))
 
     metrics["macro_f1_ci95"] = list(bootstrap_ci((np.asarray(y_true), predicted), statistic))
     return metrics
