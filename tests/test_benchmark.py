@@ -105,6 +105,8 @@ def test_run_interleaved_alternates_arms_and_drops_warmup():
                        "multitask": [8.0, 12.0]}
     with pytest.raises(ValueError, match="repeats"):
         bm.run_interleaved(bm.ARMS, 0, run)
+    calls.clear()
+    assert bm.run_interleaved(bm.ARMS, 1, run, warmup=0) == {arm: [i + 1.0] for i, arm in enumerate(bm.ARMS)}
 
 
 def test_median_seconds():

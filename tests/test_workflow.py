@@ -286,6 +286,8 @@ def test_metrics_and_benchmark(demo_run):
                 "stock_inprocess_seconds", "speedup_vs_stock_inprocess"):
         assert key in speed
     assert speed["mask_dice_vs_stock"] >= 0.99
+    # tiny.yaml's benchmark.warmup reached the benchmark: no untimed round
+    assert speed["warmup"] == 0 and all(len(v) == 1 for v in speed["per_repeat_seconds"].values())
 
 
 @pytest.mark.workflow

@@ -35,6 +35,7 @@ rule benchmark_inference:
         step_size=config["predict"]["step_size"],
         cases=config["benchmark"]["cases"],
         repeats=config["benchmark"]["repeats"],
+        warmup=config["benchmark"]["warmup"],
         nnunet_paths=NNUNET_PATHS,
     script:
         "../scripts/benchmark_inference.py"

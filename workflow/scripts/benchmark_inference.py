@@ -31,6 +31,7 @@ if __name__ == "__main__":
         device=snakemake.params.device,
         tta=snakemake.params.tta,
         repeats=snakemake.params.repeats,
+        warmup=snakemake.params.warmup,
         checkpoint=snakemake.params.checkpoint,
         step_size=snakemake.params.step_size,
     )
