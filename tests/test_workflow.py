@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "data" / "tiny.yaml"
@@ -209,7 +210,9 @@ def test_dataset_stage(demo_run):
 def test_preprocess_stage(demo_run):
     pre = demo_run / "nnUNet_preprocessed/Dataset501_PancreasMTL"
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
-    assert plans["configurations"]["3d_cpu"]["spacing"] == [2.5, 1.5, 1.5]
+    wanted = yaml.safe_load(TINY.read_text())["plan"]["custom_configuration"]
+    assert plans["configurations"]["3d_cpu"]["spacing"] == wanted["spacing"]
+    assert plans["configurations"]["3d_cpu"]["patch_size"] == wanted["patch_size"]
     splits = json.loads((pre / "splits_final.json").read_text())
     table = pd.read_csv(demo_run / "dataset/subtypes.csv", dtype={"case_id": str})
     assert sorted(splits[0]["train"]) == sorted(table.case_id[table.split == "train"])
