@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -101,7 +102,12 @@ def reported_figures(results: Path) -> dict[str, float]:
 
 def train_arm(results: Path, models: Path, train: dict, cores: int) -> tuple[list[float], float]:
     """Train fold 0 in a fresh process: the seconds of each epoch (nnU-Net's timestamps) and the
-    seconds outside them (start-up and the case-level refit)."""
+    seconds outside them (start-up and the case-level refit).
+
+    The arm's models folder starts empty: in a reused --workdir, the trainer would otherwise find
+    the earlier run's final checkpoint and skip training, and the arm would report that run's epochs.
+    """
+    shutil.rmtree(models, ignore_errors=True)
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     code = f"""
 import sys, json
@@ -165,6 +171,8 @@ def main() -> None:
     if args.pipeline:
         for name, overrides in chosen.items():
             results = work / f"pipeline_{name}"
+            # a fresh results folder, also in a reused --workdir, or Snakemake finds nothing to do
+            shutil.rmtree(results, ignore_errors=True)
             seconds = snakemake(args.cores, results, "all", overrides)
             figures[f"{name}_pipeline_seconds"] = seconds
             reported = reported_figures(results)
