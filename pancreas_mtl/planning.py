@@ -31,8 +31,10 @@ def derive_configuration(
 ) -> dict:
     """Return plans with configuration `name` added, derived from `base`.
 
-    Pooling and kernel sizes follow nnU-Net's own topology rules for the given spacing and patch
-    size (at most len(features_per_stage) stages); the patch size may grow to stay divisible.
+    As nnU-Net's own planner does, the patch is first clipped to the median image size at the new
+    spacing (a larger patch only adds padding to every sample), then pooling and kernel sizes follow
+    nnU-Net's topology rules (at most len(features_per_stage) stages) and the patch may grow again
+    to stay divisible.
     """
     from nnunetv2.experiment_planning.experiment_planners.network_topology import (
         get_pool_and_conv_props,
@@ -48,9 +50,19 @@ def derive_configuration(
             f"custom configuration {name!r}: spacing and patch_size need 3 values"
         )
     base_conf = plans["configurations"][base]
+    median_shape = _resampled_median_shape(plans, base_conf, spacing)
+    clipped = [max(1, min(int(p), round(m))) for p, m in zip(patch_size, median_shape)]
+    if clipped != [int(p) for p in patch_size]:
+        logger.info(
+            "configuration %s: patch %s clipped to the median image size %s at %s mm",
+            name,
+            [int(p) for p in patch_size],
+            median_shape,
+            [float(s) for s in spacing],
+        )
     _, strides, kernels, patch, _ = get_pool_and_conv_props(
         [float(s) for s in spacing],
-        [int(p) for p in patch_size],
+        clipped,
         4,
         len(features_per_stage) - 1,
     )
@@ -78,9 +90,7 @@ def derive_configuration(
             "architecture": arch,
         }
     )
-    conf["median_image_size_in_voxels"] = _resampled_median_shape(
-        plans, base_conf, spacing
-    )
+    conf["median_image_size_in_voxels"] = median_shape
     out = copy.deepcopy(plans)
     out["configurations"][name] = conf
     return out

@@ -68,10 +68,19 @@ def test_new_configuration_has_the_given_spacing_batch_and_identifier():
     assert conf["spacing"] == [2.5, 1.5, 1.5]
     assert conf["batch_size"] == 3
     assert conf["data_identifier"] == "nnUNetPlans_3d_cpu"
-    assert conf["patch_size"] == [32, 48, 64]
     # inherited settings stay, resampled median shape follows the new spacing
     assert conf["normalization_schemes"] == ["CTNormalization"]
     assert conf["median_image_size_in_voxels"] == [30.4, 38.0, 48.0]
+
+
+def test_patch_is_clipped_to_the_median_image_as_nnunet_plans_it():
+    # 32 x 48 x 64 against a median image of 30.4 x 38 x 48 voxels at 2.5 x 1.5 x 1.5 mm: clipped to
+    # 30 x 38 x 48, then padded to what three poolings need, as nnU-Net's ExperimentPlanner does
+    assert derive()["configurations"]["3d_cpu"]["patch_size"] == [32, 40, 48]
+    # images larger than the patch keep it
+    plans = minimal_plans()
+    plans["configurations"]["3d_fullres"]["median_image_size_in_voxels"] = [60.0, 160.0, 200.0]
+    assert derive(plans)["configurations"]["3d_cpu"]["patch_size"] == [32, 48, 64]
 
 
 def test_topology_is_consistent():
@@ -107,7 +116,9 @@ def test_stages_are_capped_and_the_patch_is_divisible(spacing, patch, features):
     total_stride = np.prod(np.array(kwargs["strides"]), axis=0)
     patch_out = np.array(conf["patch_size"])
     assert np.all(patch_out % total_stride == 0), (conf["patch_size"], total_stride.tolist())
-    assert np.all(patch_out >= np.array(patch))
+    # at least the given patch, or the median image where that is smaller
+    median = np.array(conf["median_image_size_in_voxels"])
+    assert np.all(patch_out >= np.minimum(np.array(patch), np.round(median)))
     assert all(isinstance(p, int) for p in conf["patch_size"])
 
 
