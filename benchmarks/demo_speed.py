@@ -8,7 +8,11 @@ also runs once per arm in a fresh results folder and its wall time is reported.
 
 The "before" arm is the previous default: the training process took all of the job's threads
 beside its augmentation worker, nnU-Net's progress.png and the monitor plot were redrawn every
-epoch, and every validation case was segmented and classified after every epoch (now every 5th).
+epoch, every validation case was segmented and classified after every epoch (now every 5th), and
+the derived configuration kept its 32 x 48 x 64 patch however small the images (now clipped to
+the median image, as nnU-Net plans). Arms that change code rather than settings ("before",
+"previous") run from a git worktree of the revision --base, the last one before that change; the
+others from this working tree.
 Seconds per epoch are the mean over the epochs after the first, so an arm that validates whole
 cases every 5th epoch pays for it in proportion. With --pipeline the figures each run reports
 (validation whole-pancreas and lesion DSC, macro-F1 on validation and test) are printed beside
@@ -17,7 +21,7 @@ machines differ several-fold (AVX-512 or not, core count, load); read the ratios
 one run on one machine.
 
 Usage: python benchmarks/demo_speed.py [--epochs 6] [--repeats 1] [--cores 2] [--arms before,new] [--pipeline]
-                                       [--workdir DIR] [--json OUT]
+                                       [--base REV] [--workdir DIR] [--json OUT]
 """
 
 from __future__ import annotations
@@ -59,22 +63,39 @@ def cpu_description() -> dict:
     }
 
 
-def arms(cores: int) -> dict[str, dict]:
-    """`train` overrides per arm: the settings before issue 14, today's defaults, and the
-    alternatives measured for them."""
+# the last revision whose derived configuration kept the configured patch whatever the images' size
+BASE_REVISION = "03b1551"
+
+
+def arms(cores: int) -> dict[str, tuple[bool, dict]]:
+    """Per arm: whether it runs from the --base revision, and its `train` overrides. The settings
+    before issue 14, the base revision's defaults, today's, and the alternatives measured for them."""
     return {
-        "before": {"torch_threads": cores, "progress_png_every": 1, "case_validation_every": 1},
-        "new": {},
+        "before": (True, {"torch_threads": cores, "progress_png_every": 1, "case_validation_every": 1}),
+        "previous": (True, {}),
+        "new": (False, {}),
         # one PyTorch thread, the other core left to the augmentation worker
-        "one_thread": {"torch_threads": 1},
+        "one_thread": (False, {"torch_threads": 1}),
         # augmentation in the training process (nnUNet_n_proc_DA=0): no worker, no pin-memory thread
-        "in_process_augmentation": {"data_augmentation_workers": 0},
-        "no_refit_tta": {"refit_tta": False},
+        "in_process_augmentation": (False, {"data_augmentation_workers": 0}),
+        "no_refit_tta": (False, {"refit_tta": False}),
     }
 
 
-def snakemake(cores: int, results: Path, target: str, train: dict | None = None) -> float:
-    """Wall seconds of `snakemake --cores N target` on the default config, with `train` overrides."""
+def checkout(revision: str, work: Path) -> Path:
+    """A git worktree of `revision` under `work` (reused when it is there already)."""
+    tree = work / f"source_{revision}"
+    if not (tree / "Snakefile").exists():
+        shutil.rmtree(tree, ignore_errors=True)
+        subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], check=True)
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), revision],
+                       check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    return tree
+
+
+def snakemake(cores: int, results: Path, target: str, train: dict | None = None, source: Path = REPO) -> float:
+    """Wall seconds of `snakemake --cores N target` on the default config of the workflow in
+    `source`, with `train` overrides."""
     extra = []
     if train:
         overrides = results.parent / f"{results.name}.yaml"
@@ -84,7 +105,7 @@ def snakemake(cores: int, results: Path, target: str, train: dict | None = None)
     subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", str(cores), target, *extra,
          "--config", f"results_dir={results}"],
-        cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=source, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     return time.perf_counter() - start
 
@@ -100,18 +121,18 @@ def reported_figures(results: Path) -> dict[str, float]:
     }
 
 
-def train_arm(results: Path, models: Path, train: dict, cores: int) -> tuple[list[float], float]:
-    """Train fold 0 in a fresh process: the seconds of each epoch (nnU-Net's timestamps) and the
-    seconds outside them (start-up and the case-level refit).
+def train_arm(results: Path, models: Path, train: dict, cores: int, source: Path = REPO) -> tuple[list[float], float]:
+    """Train fold 0 in a fresh process with the package in `source`: the seconds of each epoch
+    (nnU-Net's timestamps) and the seconds outside them (start-up and the case-level refit).
 
     The arm's models folder starts empty: in a reused --workdir, the trainer would otherwise find
     the earlier run's final checkpoint and skip training, and the arm would report that run's epochs.
     """
     shutil.rmtree(models, ignore_errors=True)
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = yaml.safe_load((source / "config" / "config.yaml").read_text())
     code = f"""
 import sys, json
-sys.path.insert(0, {str(REPO)!r})
+sys.path.insert(0, {str(source)!r})
 from pancreas_mtl.nnunet_env import set_nnunet_paths, plans_identifier
 set_nnunet_paths({str(results / "nnUNet_raw")!r}, {str(results / "nnUNet_preprocessed")!r}, {str(models)!r})
 from pancreas_mtl.training.run import train_fold
@@ -138,6 +159,7 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--arms", default="before,new", help=f"comma-separated, of: {', '.join(arms(2))}")
     parser.add_argument("--pipeline", action="store_true", help="also time the whole pipeline per arm")
+    parser.add_argument("--base", default=BASE_REVISION, help="revision of the before and previous arms")
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
@@ -147,15 +169,33 @@ def main() -> None:
     figures: dict = {"cpu": cpu_description(), "cores": args.cores, "epochs": args.epochs}
     print(f"CPU: {figures['cpu']}; {args.cores} cores for the run", flush=True)
 
-    shared = work / "shared"
-    snakemake(args.cores, shared, "preprocess")
     chosen = {name: arms(args.cores)[name] for name in args.arms.split(",")}
+    trees = {}
+    try:
+        trees = {name: checkout(args.base, work) if at_base else REPO for name, (at_base, _) in chosen.items()}
+        if any(tree != REPO for tree in trees.values()):
+            figures["base_revision"] = args.base
+            print(f"arms {', '.join(n for n, t in trees.items() if t != REPO)} run from revision {args.base}")
+        run_arms(args, work, chosen, trees, figures)
+    finally:
+        for tree in set(trees.values()) - {REPO}:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+
+
+def run_arms(args, work: Path, chosen: dict, trees: dict[str, Path], figures: dict) -> None:
+    # the cohort preprocessed once per source tree: its plans differ between revisions
+    shared = {tree: work / ("shared" if tree == REPO else f"shared_{tree.name}") for tree in set(trees.values())}
+    for tree, results in shared.items():
+        snakemake(args.cores, results, "preprocess", source=tree)
     epochs: dict[str, list[float]] = {name: [] for name in chosen}
     for round_ in range(args.repeats):
-        for name, overrides in chosen.items():
-            train = {**yaml.safe_load((REPO / "config" / "config.yaml").read_text())["train"], **overrides}
+        for name, (_, overrides) in chosen.items():
+            tree = trees[name]
+            train = {**yaml.safe_load((tree / "config" / "config.yaml").read_text())["train"], **overrides}
             train["epochs"] = args.epochs
-            seconds, outside = train_arm(shared, work / f"models_{name}_{round_}", train, args.cores)
+            seconds, outside = train_arm(shared[tree], work / f"models_{name}_{round_}", train, args.cores, tree)
             epochs[name] += seconds[1:]
             figures[f"{name}_seconds_outside_epochs"] = outside
             print(f"{name}: {np.mean(seconds[1:]):.1f} s/epoch, {outside:.0f} s outside the epochs "
@@ -169,11 +209,11 @@ def main() -> None:
         print(f"training {name}: {figures[f'{name}_seconds_per_epoch']:.1f} s/epoch, {ratio:.2f}x {first}")
 
     if args.pipeline:
-        for name, overrides in chosen.items():
+        for name, (_, overrides) in chosen.items():
             results = work / f"pipeline_{name}"
             # a fresh results folder, also in a reused --workdir, or Snakemake finds nothing to do
             shutil.rmtree(results, ignore_errors=True)
-            seconds = snakemake(args.cores, results, "all", overrides)
+            seconds = snakemake(args.cores, results, "all", overrides, trees[name])
             figures[f"{name}_pipeline_seconds"] = seconds
             reported = reported_figures(results)
             figures[f"{name}_reported"] = reported
@@ -183,8 +223,6 @@ def main() -> None:
             ratio = figures[f"{name}_pipeline_seconds"] / figures[f"{first}_pipeline_seconds"]
             figures[f"pipeline_ratio_{name}_vs_{first}"] = ratio
             print(f"pipeline {name}: {ratio:.2f}x {first}")
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=1))
 
 
 if __name__ == "__main__":
